@@ -1,0 +1,173 @@
+"""Reading one image's files from a VOC-layout root, with every problem named.
+
+Runs in worker processes: NumPy and PIL only (no TensorFlow).
+"""
+from __future__ import annotations
+
+import io
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+from PIL import Image
+
+from dcsp_dist.voc import CLASS_NAMES
+
+ROLES = ("train", "eval", "test")
+
+
+def role_for_split(split: str) -> str:
+    """train* -> train (tags + saliency required), test* -> test, else eval (mask required)."""
+    if split.startswith("train"):
+        return "train"
+    if split.startswith("test"):
+        return "test"
+    return "eval"
+
+
+def read_id_list(path: str) -> list[str]:
+    """IDs from a list file: first token per non-empty line (VOC ImageSets or our lists)."""
+    with open(path) as fh:
+        return [line.split()[0] for line in fh if line.strip()]
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buf, format="PNG", optimize=False, compress_level=1)
+    return buf.getvalue()
+
+
+def _read_tags(root: str, image_id: str, problems: list) -> list[int] | None:
+    txt = os.path.join(root, "ClassCategories", image_id + ".txt")
+    xml = os.path.join(root, "Annotations", image_id + ".xml")
+    if os.path.isfile(txt):
+        tags = set()
+        with open(txt) as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    t = int(line.split()[0])
+                except ValueError:
+                    problems.append(f"{txt}: {line.strip()!r} is not a class id")
+                    continue
+                if not 1 <= t <= 20:
+                    problems.append(f"{txt}: tag id {t} outside 1..20")
+                else:
+                    tags.add(t)
+        return sorted(tags)
+    if os.path.isfile(xml):
+        try:
+            tree = ET.parse(xml)
+        except ET.ParseError as exc:
+            problems.append(f"{xml}: not valid XML ({exc})")
+            return None
+        tags = set()
+        for name in tree.getroot().iter("object"):
+            label = (name.findtext("name") or "").strip()
+            if label not in CLASS_NAMES[1:]:
+                problems.append(f"{xml}: unknown class name {label!r}")
+            else:
+                tags.add(CLASS_NAMES.index(label))
+        return sorted(tags)
+    return None
+
+
+def _read_saliency(root: str, image_id: str, problems: list) -> np.ndarray | None:
+    png = os.path.join(root, "Saliency", image_id + ".png")
+    npz = os.path.join(root, "Saliency", image_id + ".npz")
+    if os.path.isfile(png):
+        try:
+            with Image.open(png) as im:
+                return np.asarray(im.convert("L"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{png}: unreadable PNG ({exc})")
+            return None
+    if os.path.isfile(npz):
+        try:
+            with np.load(npz) as data:
+                actv = np.asarray(data["actv"], np.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append(f"{npz}: no readable 'actv' array ({exc})")
+            return None
+        actv = np.squeeze(actv)
+        if actv.ndim != 2 or not np.isfinite(actv).all() or actv.min() < 0 or actv.max() > 1:
+            problems.append(f"{npz}: 'actv' must be a 2-D map of values in [0, 1]")
+            return None
+        return np.round(actv * 255).astype(np.uint8)
+    return None
+
+
+def _read_mask(root: str, image_id: str, problems: list) -> np.ndarray | None:
+    for sub in ("SegmentationClassAug", "SegmentationClass"):
+        path = os.path.join(root, sub, image_id + ".png")
+        if os.path.isfile(path):
+            try:
+                with Image.open(path) as im:
+                    if im.mode not in ("P", "L"):
+                        problems.append(f"{path}: mask must be a palette or single-channel PNG, not {im.mode}")
+                        return None
+                    mask = np.asarray(im)  # palette index = class id
+            except (OSError, ValueError) as exc:
+                problems.append(f"{path}: unreadable PNG ({exc})")
+                return None
+            bad = np.setdiff1d(np.unique(mask), list(range(len(CLASS_NAMES))) + [255])
+            if bad.size:
+                problems.append(f"{path}: label values {bad.tolist()} are not class ids or 255")
+                return None
+            return mask
+    return None
+
+
+def load_item(root: str, image_id: str, role: str) -> dict:
+    """Everything the record of ``image_id`` needs, or ``problems`` saying what is wrong.
+
+    Returns {"id", "jpeg", "height", "width", "tags", "saliency_png", "mask_png",
+    "problems"}; absent optional parts are None.
+    """
+    problems: list[str] = []
+    item = {"id": image_id, "problems": problems, "saliency_png": None, "mask_png": None}
+    path = os.path.join(root, "JPEGImages", image_id + ".jpg")
+    if not os.path.isfile(path):
+        problems.append(f"{path}: no image for id {image_id}")
+        return item
+    with open(path, "rb") as fh:
+        jpeg = fh.read()
+    try:
+        with Image.open(io.BytesIO(jpeg)) as im:
+            if im.format != "JPEG":
+                raise ValueError(f"a {im.format} file, not a JPEG")
+            im.load()  # raises on truncated data
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        problems.append(f"{path}: not a readable JPEG ({exc})")
+        return item
+    item.update(jpeg=jpeg, height=height, width=width)
+
+    tags = _read_tags(root, image_id, problems)
+    if tags is None and role == "train":
+        problems.append(f"{root}/Annotations/{image_id}.xml (or ClassCategories/{image_id}.txt): missing tag file")
+    elif role == "train" and not tags and not problems:
+        problems.append(f"{path}: image has no tags, which a training split needs")
+    item["tags"] = tags or []
+
+    saliency = _read_saliency(root, image_id, problems)
+    if saliency is not None:
+        if saliency.shape != (height, width):
+            problems.append(f"{root}/Saliency/{image_id}: saliency is {saliency.shape[1]}x{saliency.shape[0]}, "
+                            f"image is {width}x{height}")
+        else:
+            item["saliency_png"] = _png_bytes(saliency)
+    elif role == "train":
+        problems.append(f"{root}/Saliency/{image_id}.png (or .npz): missing saliency map")
+
+    mask = _read_mask(root, image_id, problems)
+    if mask is not None:
+        if mask.shape != (height, width):
+            problems.append(f"{root}/SegmentationClass*/{image_id}.png: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"image is {width}x{height}")
+        else:
+            item["mask_png"] = _png_bytes(mask)
+    elif role == "eval":
+        problems.append(f"{root}/SegmentationClassAug/{image_id}.png (or SegmentationClass/): missing mask")
+    return item

@@ -1,0 +1,169 @@
+"""Everything dcsp_dist knows about Horovod lives here.
+
+The order follows Horovod's TensorFlow 2 examples: ``init`` (which also pins one GPU per
+process and sizes the CPU thread pools), then gradients through ``allreduce_gradients``,
+then ``broadcast_state`` from rank 0, and logging on rank 0 only. Rank and world size are
+read once and handed to the rest of the package as plain ints.
+
+Keras 3 variables are not ``tf.Variable``s and Horovod's ``DistributedGradientTape``
+calls ``.ref()`` on its sources (horovod issue #4290), so gradients and broadcasts go
+through the underlying ``tf.Variable`` (``keras_variable.value``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import horovod.tensorflow as hvd
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """This process's place in the job, as plain ints."""
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+_CONTEXT: Context | None = None
+
+
+def init(intra_threads: int | None = None, inter_threads: int | None = None) -> Context:
+    """Initialise Horovod, pin one GPU per process and size CPU thread pools per rank.
+
+    Args:
+      intra_threads: TensorFlow intra-op threads for this rank. Default: the machine's
+        cores divided by the ranks on this node, so N ranks on N cores do not
+        oversubscribe. ``DCSP_THREADS`` overrides it.
+      inter_threads: inter-op threads; default 2 (1 when a rank has a single core).
+    Must be called before TensorFlow runs its first op.
+    """
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
+    hvd.init()
+    ctx = Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[ctx.local_rank % len(gpus)], "GPU")
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env_threads = os.environ.get("DCSP_THREADS")
+    if intra_threads is None:
+        intra_threads = int(env_threads) if env_threads else max(1, (cores or 1) // ctx.local_size)
+    if inter_threads is None:
+        inter_threads = 1 if intra_threads == 1 else 2
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_threads)
+    except RuntimeError:
+        pass  # TensorFlow already initialised (e.g. a test imported it first): keep its pools
+    _CONTEXT = ctx
+    return ctx
+
+
+def context() -> Context:
+    if _CONTEXT is None:
+        raise RuntimeError("dcsp_dist.distributed.init() has not been called")
+    return _CONTEXT
+
+
+def log(*args, **kwargs) -> None:
+    """print() on rank 0 only, flushed so that horovodrun shows it at once."""
+    if _CONTEXT is None or _CONTEXT.is_chief:
+        print(*args, **kwargs, flush=True)
+
+
+def error(message: str) -> None:
+    """One clear line on stderr (every rank that hits it), for fatal input errors."""
+    prefix = f"[rank {_CONTEXT.rank}] " if _CONTEXT and _CONTEXT.size > 1 else ""
+    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+
+
+def _raw(variables: Iterable) -> list[tf.Variable]:
+    """The tf.Variables behind Keras 3 variables (plain tf.Variables pass through)."""
+    return [getattr(v, "value", v) if not isinstance(v, tf.Variable) else v for v in variables]
+
+
+def raw_variables(variables: Iterable) -> list[tf.Variable]:
+    """Public form of ``_raw``: use these as gradient sources inside a GradientTape."""
+    return _raw(variables)
+
+
+def allreduce_gradients(tape: tf.GradientTape, loss: tf.Tensor, variables: Sequence,
+                        compression: str = "none") -> list[tf.Tensor]:
+    """Gradients of ``loss`` averaged over all ranks (Horovod's DistributedGradientTape).
+
+    ``variables`` may be Keras 3 variables: gradients are taken with respect to the
+    underlying tf.Variables. Never divide the loss by the world size: Horovod averages.
+    """
+    comp = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+    dist_tape = hvd.DistributedGradientTape(tape, compression=comp)
+    return dist_tape.gradient(loss, _raw(variables))
+
+
+def broadcast_variables(variables: Iterable, root_rank: int = 0) -> None:
+    """Overwrite ``variables`` on every rank with rank ``root_rank``'s values."""
+    raw = _raw(variables)
+    if raw:
+        hvd.broadcast_variables(raw, root_rank=root_rank)
+
+
+def broadcast_state(model, optimizer=None, extra: Iterable = (), root_rank: int = 0) -> None:
+    """Broadcast model weights (trainable and not), optimizer slots and ``extra`` vars."""
+    variables = list(model.variables)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    variables += list(extra)
+    broadcast_variables(variables, root_rank)
+
+
+def allreduce_sum(value) -> np.ndarray:
+    """Element-wise sum over ranks; exact for integers (counts, confusion matrices)."""
+    tensor = tf.convert_to_tensor(value)
+    return hvd.allreduce(tensor, op=hvd.Sum, name=None).numpy()
+
+
+def allreduce_mean(value) -> np.ndarray:
+    """Element-wise mean over ranks of a float metric."""
+    tensor = tf.convert_to_tensor(value, dtype=tf.float64 if np.asarray(value).dtype == np.float64 else tf.float32)
+    return hvd.allreduce(tensor, op=hvd.Average).numpy()
+
+
+def allgather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (pickled; for small things like config hashes)."""
+    return hvd.allgather_object(obj)
+
+
+def broadcast_object(obj, root_rank: int = 0):
+    return hvd.broadcast_object(obj, root_rank=root_rank)
+
+
+def barrier() -> None:
+    """Wait for every rank (horovod.tensorflow has no barrier op; a tiny allreduce is one)."""
+    hvd.allreduce(tf.constant(0, tf.int32), op=hvd.Sum, name="dcsp_barrier")
+
+
+def check_same_everywhere(value: str, what: str) -> None:
+    """Raise on every rank unless all ranks hold the same ``value`` (e.g. a config hash)."""
+    values = allgather_object(value)
+    if len(set(values)) != 1:
+        detail = ", ".join(f"rank {i}: {v}" for i, v in enumerate(values))
+        raise RuntimeError(f"ranks disagree on {what} ({detail}); launch every rank with the same flags")
+
+
+def allreduce_mean_tensor(tensor: tf.Tensor) -> tf.Tensor:
+    """Graph-friendly mean over ranks (usable inside tf.function, e.g. for step losses)."""
+    return hvd.allreduce(tensor, op=hvd.Average)

@@ -1,0 +1,131 @@
+"""The TFRecord schema shared by data_tools (writer) and the input pipeline (reader).
+
+One split = ``<split>-00000-of-000NN.tfrecord`` shards + ``<split>.manifest.json``.
+Per example: id, the JPEG bytes as on disk, height, width, tags (ids + 20-dim multi-hot),
+saliency as a uint8 PNG and the class-index mask as a PNG (empty bytes when absent).
+Cue shards written by training (``<split>-0000i-of-000NN.cues.tfrecord``) hold the same
+ids in the same order, one cue shard per image shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterable
+
+SCHEMA_VERSION = 1
+NUM_TAGS = 20
+
+
+def shard_name(split: str, index: int, count: int, suffix: str = "tfrecord") -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.{suffix}"
+
+
+def manifest_path(directory: str, split: str) -> str:
+    return os.path.join(directory, f"{split}.manifest.json")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def multi_hot(tag_ids: Iterable[int]) -> list[float]:
+    vec = [0.0] * NUM_TAGS
+    for t in tag_ids:
+        vec[t - 1] = 1.0
+    return vec
+
+
+def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list[int],
+                 saliency_png: bytes = b"", mask_png: bytes = b""):
+    """A serialized tf.train.Example of schema SCHEMA_VERSION."""
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=list(v)))
+
+    feature = {
+        "id": b(image_id.encode()),
+        "image/encoded": b(jpeg),
+        "image/height": i([height]),
+        "image/width": i([width]),
+        "tags/ids": i(tags),
+        "tags/multi_hot": tf.train.Feature(float_list=tf.train.FloatList(value=multi_hot(tags))),
+        "saliency/encoded": b(saliency_png),
+        "mask/encoded": b(mask_png),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def feature_spec():
+    import tensorflow as tf
+    return {
+        "id": tf.io.FixedLenFeature([], tf.string),
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "tags/ids": tf.io.VarLenFeature(tf.int64),
+        "tags/multi_hot": tf.io.FixedLenFeature([NUM_TAGS], tf.float32),
+        "saliency/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+        "mask/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    }
+
+
+def make_cue_example(image_id: bytes, cue_png: bytes):
+    import tensorflow as tf
+    feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
+               "cue/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[cue_png]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def cue_feature_spec():
+    import tensorflow as tf
+    return {"id": tf.io.FixedLenFeature([], tf.string),
+            "cue/encoded": tf.io.FixedLenFeature([], tf.string)}
+
+
+class DataError(ValueError):
+    """Missing or inconsistent records; the message is one line naming the culprit."""
+
+
+def read_manifest(directory: str, split: str, check_files: bool = True) -> dict:
+    """The split's manifest, with a DataError when it or its shards are missing."""
+    path = manifest_path(directory, split)
+    if not os.path.isfile(path):
+        have = sorted(f[: -len(".manifest.json")] for f in os.listdir(directory)
+                      if f.endswith(".manifest.json")) if os.path.isdir(directory) else []
+        raise DataError(f"{path} not found (splits in {directory}: {have or 'none'}); "
+                        f"build records with: python -m data_tools.build")
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema version {manifest.get('schema_version')}, "
+                        f"this dcsp_dist reads {SCHEMA_VERSION}; rebuild the records")
+    if check_files:
+        for shard in manifest["shards"]:
+            f = os.path.join(directory, shard["file"])
+            if not os.path.isfile(f):
+                raise DataError(f"{f} listed in {path} is missing")
+    return manifest
+
+
+def shard_files(directory: str, manifest: dict) -> list[str]:
+    return [os.path.join(directory, s["file"]) for s in manifest["shards"]]
+
+
+def files_for_rank(files: list[str], rank: int, size: int, what: str = "records") -> list[str]:
+    """This rank's whole files, ``files[rank::size]``; an error if some rank would get none."""
+    if len(files) < size:
+        raise DataError(f"{what}: {len(files)} shard files for {size} ranks; every rank needs at "
+                        f"least one whole file (rebuild with --num-shards >= {size})")
+    return files[rank::size]

@@ -1,0 +1,332 @@
+"""DCSP training on Horovod: attention stage, cues, segmentation, adaptation (spec 4).
+
+    horovodrun -np 8 python -m dcsp_dist.train --stage attention --config voc_paper \
+        --data records/voc12 --workdir runs/voc
+    python -m dcsp_dist.train --stage all --config synthetic_demo --data ... --workdir ...
+
+``--stage all`` runs attention -> cues -> segmentation -> adapt -> segmentation_adapted,
+skipping stages already done and resuming an interrupted one from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from dcsp_dist import config as config_lib
+from dcsp_dist import workdir as layout
+
+
+# ============================================================================ arguments
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dcsp_dist.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", required=True, choices=("all",) + layout.SCHEDULE)
+    parser.add_argument("--config", default="voc_paper", help=f"preset: {', '.join(config_lib.PRESETS)}")
+    parser.add_argument("--config-file", help="JSON file of settings overriding the preset")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--data", required=True, help="directory of TFRecords from data_tools.build")
+    parser.add_argument("--workdir", required=True, help="run directory (one sub-directory per stage)")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    return parser.parse_args(argv)
+
+
+# ============================================================================ helpers
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _build_model(cfg):
+    import keras
+    from dcsp_dist.models import build_model
+    keras.utils.set_random_seed(cfg.seed)  # identical initial weights on every rank
+    return build_model(cfg)
+
+
+def _restore_model(model, checkpoint: str) -> None:
+    import tensorflow as tf
+    tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+
+
+def _stage_checkpoint(workdir: str, stage: str) -> str:
+    info = layout.read_done(workdir, stage)
+    return os.path.join(layout.stage_dir(workdir, stage), info["checkpoint"])
+
+
+def _visualise(model, batch, cfg):
+    """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes."""
+    import numpy as np
+    import tensorflow as tf
+    from dcsp_dist.voc import BGR_MEAN, color_map
+
+    cmap = color_map()
+    image = (batch["image"][0].numpy() + np.array(BGR_MEAN))[..., ::-1].clip(0, 255).astype(np.uint8)
+    crop = image.shape[0]
+    out = model(batch["image"][:1], training=False)
+
+    def up(x, nearest=True):
+        return tf.image.resize(x[None, ..., None] if x.ndim == 2 else x[None], (crop, crop),
+                               method="nearest" if nearest else "bilinear")[0].numpy()
+
+    panels = [image]
+    if "cue" in batch:
+        panels.append(cmap[batch["cue"][0].numpy()])
+    pred = np.argmax(out["segmentation"][0].numpy(), -1).astype(np.uint8)
+    panels.append(cmap[up(pred)[..., 0]])
+    att = out["attention"][0].numpy()
+    for c in np.flatnonzero(batch["tags"][0].numpy()):
+        a = att[..., c]
+        a = (a - a.min()) / (a.max() - a.min() + 1e-12)
+        panels.append(np.repeat((up(a, nearest=False) * 255).astype(np.uint8), 3, axis=-1))
+    return np.concatenate(panels, axis=1)[None]
+
+
+# ============================================================================ training stage
+def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
+    """One training stage: attention (classification only) or segmentation on cues."""
+    import numpy as np
+    import keras
+    import tensorflow as tf
+
+    from dcsp_dist import data, distributed, losses
+    from dcsp_dist.models import load_initial_weights, parameter_groups
+    from dcsp_dist.schedule import PolyWithWarmup
+
+    directory = layout.stage_dir(workdir, stage)
+    steps = {"attention": cfg.attention_steps, "segmentation": cfg.segmentation_steps,
+             "segmentation_adapted": cfg.adapt_segmentation_steps}[stage]
+    cue_stage = {"segmentation": "cues", "segmentation_adapted": "adapt"}.get(stage)
+    init_stage = {"segmentation": "attention", "segmentation_adapted": "segmentation"}.get(stage)
+    if ctx.is_chief:
+        os.makedirs(directory, exist_ok=True)
+        layout.write_json(os.path.join(directory, "config.json"), __import__("json").loads(cfg.to_json()))
+
+    # ---- input pipeline ---------------------------------------------------------------
+    per_rank = cfg.per_rank_batch(ctx.size)
+    dataset = data.make_train_dataset(
+        data_dir, cfg, per_rank, ctx.rank, ctx.size,
+        cue_dir=layout.stage_dir(workdir, cue_stage) if cue_stage else None)
+
+    # ---- model and optimiser ------------------------------------------------------------
+    model = _build_model(cfg)
+    groups = parameter_groups(model)
+    train_backbone = stage != "attention" or cfg.attention_trains_backbone
+    variables = groups.trainable(train_backbone)
+    multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
+        [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
+    kernels = groups.conv_kernels if train_backbone else groups.head_kernels
+    schedule = PolyWithWarmup(cfg.learning_rate(), steps, cfg.poly_power, cfg.warmup_steps)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
+    optimizer.build(variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(directory, "ckpt"),
+                                         max_to_keep=cfg.keep_checkpoints)
+    if ctx.is_chief:
+        if manager.latest_checkpoint:
+            checkpoint.restore(manager.latest_checkpoint).expect_partial()
+            distributed.log(f"[{stage}] resuming from {manager.latest_checkpoint}")
+        elif init_stage:
+            _restore_model(model, _stage_checkpoint(workdir, init_stage))
+            distributed.log(f"[{stage}] initialised from the {init_stage} stage")
+        else:
+            distributed.log(f"[{stage}] initialised from {load_initial_weights(model, cfg.init_weights)}")
+    # Rank 0's weights, optimizer slots and step (optimizer.iterations) go to every rank.
+    # The optimizer is built above, so this can happen before the first step.
+    distributed.broadcast_state(model, optimizer)
+    start = int(optimizer.iterations.numpy())
+
+    # ---- step ---------------------------------------------------------------------------
+    use_segmentation = cue_stage is not None
+    loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
+
+    @tf.function(jit_compile=cfg.xla)
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            out = model(batch["image"], training=False)
+            cls = losses.classification_loss(out["attention"], batch["tags"])
+            seg = losses.segmentation_loss(out["segmentation"], batch["cue"]) if use_segmentation else 0.0
+            l2 = losses.l2_loss(kernels, cfg.weight_decay)
+            total = cls + seg + l2
+            scaled = total * loss_scale  # static loss scaling for float16, 1 otherwise
+        grads = distributed.allreduce_gradients(tape, scaled, variables)
+        grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
+        optimizer.apply(grads, variables)
+        # Averaged over ranks, so every rank sees the same (possibly non-finite) loss.
+        return distributed.allreduce_mean_tensor(tf.stack([total, cls, tf.cast(seg, tf.float32), l2]))
+
+    # ---- loop ---------------------------------------------------------------------------
+    writer = tf.summary.create_file_writer(os.path.join(directory, "tb")) if ctx.is_chief else None
+    if start >= steps:
+        distributed.log(f"[{stage}] already at step {start}/{steps}")
+    iterator = iter(dataset)
+    tick, last_step = time.time(), start
+    t0 = time.time()
+    for step in range(start, steps):
+        batch = next(iterator)
+        step_start = time.time()
+        values = train_step(batch).numpy()
+        if not np.isfinite(values).all():
+            raise FloatingPointError(
+                f"[{stage}] non-finite loss {values[0]} at step {step + 1}; stopped. The last good "
+                f"checkpoint is kept: {manager.latest_checkpoint or 'none yet'}")
+        done = step + 1
+        if ctx.is_chief and (done % cfg.log_every == 0 or done == steps):
+            now = time.time()
+            images_per_sec = (done - last_step) * cfg.global_batch / max(now - tick, 1e-9)
+            lr = float(schedule(done - 1))
+            eta = (now - t0) / max(done - start, 1) * (steps - done)
+            distributed.log(
+                f"[{stage}] step {done}/{steps} ({100 * done / steps:.0f}%) loss {values[0]:.4f} "
+                f"(cls {values[1]:.4f} seg {values[2]:.4f} l2 {values[3]:.4f}) lr {lr:.2e} "
+                f"{images_per_sec:.1f} img/s ETA {_fmt_eta(eta)}")
+            with writer.as_default(step=done):
+                for name, v in zip(("total", "classification", "segmentation", "l2"), values):
+                    tf.summary.scalar(f"loss/{name}", v)
+                tf.summary.scalar("learning_rate", lr)
+                tf.summary.scalar("images_per_sec", images_per_sec)
+                tf.summary.scalar("step_time_sec", time.time() - step_start)
+            tick, last_step = now, done
+        if ctx.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
+            with writer.as_default(step=done):
+                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg))
+        if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
+            manager.save(checkpoint_number=done)
+    if ctx.is_chief:
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{steps}"):
+            manager.save(checkpoint_number=max(steps, start))
+        writer.flush()
+        rel = os.path.relpath(manager.latest_checkpoint, directory)
+        layout.write_json(layout.done_path(workdir, stage),
+                          {"stage": stage, "steps": steps, "checkpoint": rel,
+                           "seconds": round(time.time() - t0, 1)})
+        distributed.log(f"[{stage}] done: {manager.latest_checkpoint}")
+    distributed.barrier()
+
+
+# ============================================================================ cue stages
+def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
+    """Write cue shards for the training split (rank-parallel, whole shards per rank).
+
+    ``cues``: attention maps + saliency (spec 4.2) from the attention stage's model.
+    ``adapt``: segmentation logits restricted to the tags (spec 4.4) from the
+    segmentation stage's model. Reports the cues' mIoU when the split has masks.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from dcsp_dist import cues, data, distributed, metrics, records
+    from dcsp_dist.inference import make_multiscale_fn
+    from dcsp_dist.voc import CLASS_NAMES
+
+    directory = layout.stage_dir(workdir, stage)
+    source = "attention" if stage == "cues" else "segmentation"
+    manifest = records.read_manifest(data_dir, cfg.train_split)
+    all_files = records.shard_files(data_dir, manifest)
+    mine = records.files_for_rank(all_files, ctx.rank, ctx.size, what=f"{data_dir} split {cfg.train_split}")
+    has_mask = bool(manifest.get("has_mask"))
+    os.makedirs(directory, exist_ok=True)
+
+    model = _build_model(cfg)
+    if ctx.is_chief:
+        _restore_model(model, _stage_checkpoint(workdir, source))
+    distributed.broadcast_state(model)
+    key = "attention" if stage == "cues" else "segmentation"
+    fused = make_multiscale_fn(model, cfg.cue_scales, key)
+
+    @tf.function(reduce_retracing=True)
+    def make_cue(image, saliency, tags):
+        maps = fused(image)                                              # [H, W, K]
+        if stage == "cues":
+            label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
+        else:
+            label = cues.adapted_cues(maps, tags)
+        return label, tf.io.encode_png(label[..., None])
+
+    matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    total = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(data_dir, s["file"]) in mine)
+    bar = tqdm(total=total, desc=f"[{stage}] rank 0", unit="img", disable=not ctx.is_chief, mininterval=2)
+    for path in mine:
+        target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
+        tmp = f"{target}.tmp-{os.getpid()}"
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for ex in data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
+                                                  need_saliency=stage == "cues"):
+                saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
+                label, png = make_cue(ex["image"], saliency, ex["tags"])
+                writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
+                if has_mask:
+                    matrix += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
+                bar.update(1)
+        os.replace(tmp, target)
+    bar.close()
+    matrix = distributed.allreduce_sum(matrix)
+    summary = {"stage": stage, "num_images": manifest["num_examples"]}
+    if has_mask:
+        result = metrics.scores(matrix)
+        summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
+        distributed.log(metrics.format_table(result, CLASS_NAMES, f"[{stage}] cue quality vs. training masks"))
+    if ctx.is_chief:
+        layout.write_json(os.path.join(directory, "cues.json"), summary)
+        layout.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
+                                                              if k in ("stage", "num_images", "miou")})
+    distributed.barrier()
+    return summary
+
+
+# ============================================================================ main
+def check_inputs(stages, cfg, ctx, data_dir: str) -> None:
+    """Fail before any work on missing or inconsistent records (one clear line)."""
+    from dcsp_dist import records
+    manifest = records.read_manifest(data_dir, cfg.train_split)
+    records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
+                           what=f"{data_dir} split {cfg.train_split}")
+    if "cues" in stages and not manifest.get("has_saliency"):
+        raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: the training split has no "
+                                f"saliency maps, which the cues stage needs (see data_tools.saliency)")
+    if manifest.get("role") not in (None, "train") or not manifest["num_examples"]:
+        raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: not a training split "
+                                f"(role {manifest.get('role')}, {manifest['num_examples']} examples)")
+    cfg.per_rank_batch(ctx.size)
+
+
+def run(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
+    from dcsp_dist import distributed
+
+    stages = layout.SCHEDULE if stage == "all" else (stage,)
+    check_inputs(stages, cfg, ctx, data_dir)
+    distributed.check_same_everywhere(cfg.digest(), "the config")
+    for name in stages:
+        # Rank 0 owns the run directory; every rank follows its view of what is done.
+        if distributed.broadcast_object(layout.is_done(workdir, name) if ctx.is_chief else None):
+            distributed.log(f"[{name}] already done, skipping")
+            continue
+        if name in layout.TRAINING_STAGES:
+            train_stage(name, cfg, ctx, data_dir, workdir)
+        else:
+            cue_stage(name, cfg, ctx, data_dir, workdir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config_lib.make_config(args.config, config_lib.parse_overrides(args.set), args.config_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from dcsp_dist import distributed, records
+    ctx = distributed.init(intra_threads=args.threads)
+    distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
+                    f"{ctx.size} rank(s), global batch {cfg.global_batch}")
+    try:
+        run(args.stage, cfg, ctx, args.data, args.workdir)
+    except (records.DataError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
+        distributed.error(str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

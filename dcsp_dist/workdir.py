@@ -1,0 +1,68 @@
+"""The layout of a run directory: one sub-directory per stage.
+
+    <workdir>/attention/            ckpt/  tb/  config.json  done.json
+    <workdir>/cues/                 train-0000i-of-0000N.cues.tfrecord  cues.json  done.json
+    <workdir>/segmentation/         ckpt/  tb/  config.json  done.json
+    <workdir>/adapt/                adapted cue shards  cues.json  done.json
+    <workdir>/segmentation_adapted/ ckpt/  tb/  config.json  done.json
+    <workdir>/eval/                 results.json  confusion.png  tb/
+"""
+from __future__ import annotations
+
+import json
+import os
+
+# The whole DCSP schedule (spec 4), in order. Training stages carry model checkpoints.
+SCHEDULE = ("attention", "cues", "segmentation", "adapt", "segmentation_adapted")
+TRAINING_STAGES = ("attention", "segmentation", "segmentation_adapted")
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage)
+
+
+def done_path(workdir: str, stage: str) -> str:
+    return os.path.join(stage_dir(workdir, stage), "done.json")
+
+
+def is_done(workdir: str, stage: str) -> bool:
+    return os.path.isfile(done_path(workdir, stage))
+
+
+def read_done(workdir: str, stage: str) -> dict:
+    with open(done_path(workdir, stage)) as fh:
+        return json.load(fh)
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def final_checkpoint(path: str) -> tuple[str, str]:
+    """Resolve ``--checkpoint`` (a run directory, a stage directory or a checkpoint prefix)
+    to (checkpoint prefix, config.json path). Raises FileNotFoundError with the reason."""
+    import tensorflow as tf
+
+    if os.path.isdir(path):
+        candidates = [path] + [stage_dir(path, s) for s in reversed(TRAINING_STAGES)]
+        for directory in candidates:
+            done = os.path.join(directory, "done.json")
+            if os.path.isfile(done):
+                with open(done) as fh:
+                    info = json.load(fh)
+                if "checkpoint" in info:  # stored relative to the stage directory
+                    return os.path.join(directory, info["checkpoint"]), os.path.join(directory, "config.json")
+        for directory in candidates:
+            latest = tf.train.latest_checkpoint(os.path.join(directory, "ckpt"))
+            if latest:
+                return latest, os.path.join(directory, "config.json")
+        raise FileNotFoundError(f"--checkpoint {path}: no finished training stage or checkpoint in it")
+    if os.path.isfile(path + ".index"):
+        config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "config.json")
+        return path, config
+    raise FileNotFoundError(f"--checkpoint {path}: no such run directory or checkpoint")
