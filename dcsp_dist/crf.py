@@ -38,11 +38,11 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     h, w, c = probs.shape
     crf = dcrf.DenseCRF2D(w, h, c)
     unary = unary_from_softmax(np.ascontiguousarray(probs.transpose(2, 0, 1), dtype=np.float32))
-    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.setUnaryEnergy(np.require(unary, np.float32, ["C", "W"]))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat,
                             kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             rgbim=np.require(image, np.uint8, ["C", "W"]),
                              compat=params.bilateral_compat, kernel=dcrf.DIAG_KERNEL,
                              normalization=dcrf.NORMALIZE_SYMMETRIC)
     marginals = np.asarray(crf.inference(params.iterations)).reshape(c, h, w)

@@ -10,6 +10,7 @@ skipping stages already done and resuming an interrupted one from its last check
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -84,42 +85,90 @@ def _visualise(model, batch, cfg):
 
 
 # ============================================================================ training stage
-def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
-    """One training stage: attention (classification only) or segmentation on cues."""
+STAGE_STEPS = {"attention": "attention_steps", "segmentation": "segmentation_steps",
+               "segmentation_adapted": "adapt_segmentation_steps"}
+CUES_FOR = {"segmentation": "cues", "segmentation_adapted": "adapt"}
+INIT_FROM = {"segmentation": "attention", "segmentation_adapted": "segmentation"}
+
+
+class StageTrainer:
+    """Model, optimiser and compiled step of one training stage.
+
+    The attention stage trains the new layers only (the backbone too when
+    cfg.attention_trains_backbone, for models without ImageNet features); segmentation
+    stages train everything but batch norm. Learning-rate multipliers x1/x10/x20 scale the
+    gradients of the backbone / head kernels / head biases (SGD: same as scaling the rate).
+    """
+
+    def __init__(self, stage: str, cfg):
+        import keras
+        from dcsp_dist.models import parameter_groups
+        from dcsp_dist.schedule import PolyWithWarmup
+
+        self.stage, self.cfg = stage, cfg
+        self.steps = getattr(cfg, STAGE_STEPS[stage])
+        self.use_segmentation = stage in CUES_FOR
+        self.model = _build_model(cfg)
+        groups = parameter_groups(self.model)
+        train_backbone = stage != "attention" or cfg.attention_trains_backbone
+        self.variables = groups.trainable(train_backbone)
+        self.multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
+            [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
+        self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
+        self.schedule = PolyWithWarmup(cfg.learning_rate(), self.steps, cfg.poly_power, cfg.warmup_steps)
+        self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
+        self.optimizer.build(self.variables)
+        self.step = self._make_step()
+
+    def _make_step(self):
+        import tensorflow as tf
+        from dcsp_dist import distributed, losses
+
+        cfg, model, optimizer = self.cfg, self.model, self.optimizer
+        variables, multipliers, kernels = self.variables, self.multipliers, self.kernels
+        use_segmentation = self.use_segmentation
+        loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
+
+        @tf.function(jit_compile=cfg.xla)
+        def train_step(batch):
+            """One SGD step on this rank's batch; returns rank-averaged [total, cls, seg, l2]."""
+            with tf.GradientTape() as tape:
+                out = model(batch["image"], training=False)
+                cls = losses.classification_loss(out["attention"], batch["tags"])
+                seg = losses.segmentation_loss(out["segmentation"], batch["cue"]) if use_segmentation else 0.0
+                l2 = losses.l2_loss(kernels, cfg.weight_decay)
+                total = cls + seg + l2
+                scaled = total * loss_scale  # static loss scaling for float16, 1 otherwise
+            grads = distributed.allreduce_gradients(tape, scaled, variables)
+            grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
+            optimizer.apply(grads, variables)
+            # Averaged over ranks, so every rank sees the same (possibly non-finite) loss.
+            return distributed.allreduce_mean_tensor(tf.stack([total, cls, tf.cast(seg, tf.float32), l2]))
+
+        return train_step
+
+
+def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
+    """Run (or resume) one training stage; returns its StageTrainer."""
     import numpy as np
-    import keras
     import tensorflow as tf
 
-    from dcsp_dist import data, distributed, losses
-    from dcsp_dist.models import load_initial_weights, parameter_groups
-    from dcsp_dist.schedule import PolyWithWarmup
+    from dcsp_dist import data, distributed
+    from dcsp_dist.models import load_initial_weights
 
     directory = layout.stage_dir(workdir, stage)
-    steps = {"attention": cfg.attention_steps, "segmentation": cfg.segmentation_steps,
-             "segmentation_adapted": cfg.adapt_segmentation_steps}[stage]
-    cue_stage = {"segmentation": "cues", "segmentation_adapted": "adapt"}.get(stage)
-    init_stage = {"segmentation": "attention", "segmentation_adapted": "segmentation"}.get(stage)
     if ctx.is_chief:
         os.makedirs(directory, exist_ok=True)
-        layout.write_json(os.path.join(directory, "config.json"), __import__("json").loads(cfg.to_json()))
+        layout.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
 
     # ---- input pipeline ---------------------------------------------------------------
     per_rank = cfg.per_rank_batch(ctx.size)
-    dataset = data.make_train_dataset(
-        data_dir, cfg, per_rank, ctx.rank, ctx.size,
-        cue_dir=layout.stage_dir(workdir, cue_stage) if cue_stage else None)
+    cue_dir = layout.stage_dir(workdir, CUES_FOR[stage]) if stage in CUES_FOR else None
+    dataset = data.make_train_dataset(data_dir, cfg, per_rank, ctx.rank, ctx.size, cue_dir=cue_dir)
 
-    # ---- model and optimiser ------------------------------------------------------------
-    model = _build_model(cfg)
-    groups = parameter_groups(model)
-    train_backbone = stage != "attention" or cfg.attention_trains_backbone
-    variables = groups.trainable(train_backbone)
-    multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
-        [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
-    kernels = groups.conv_kernels if train_backbone else groups.head_kernels
-    schedule = PolyWithWarmup(cfg.learning_rate(), steps, cfg.poly_power, cfg.warmup_steps)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-    optimizer.build(variables)
+    # ---- model, optimiser, checkpoint ---------------------------------------------------
+    trainer = StageTrainer(stage, cfg)
+    model, optimizer, schedule, steps = trainer.model, trainer.optimizer, trainer.schedule, trainer.steps
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(directory, "ckpt"),
                                          max_to_keep=cfg.keep_checkpoints)
@@ -127,34 +176,15 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).expect_partial()
             distributed.log(f"[{stage}] resuming from {manager.latest_checkpoint}")
-        elif init_stage:
-            _restore_model(model, _stage_checkpoint(workdir, init_stage))
-            distributed.log(f"[{stage}] initialised from the {init_stage} stage")
+        elif stage in INIT_FROM:
+            _restore_model(model, _stage_checkpoint(workdir, INIT_FROM[stage]))
+            distributed.log(f"[{stage}] initialised from the {INIT_FROM[stage]} stage")
         else:
             distributed.log(f"[{stage}] initialised from {load_initial_weights(model, cfg.init_weights)}")
     # Rank 0's weights, optimizer slots and step (optimizer.iterations) go to every rank.
-    # The optimizer is built above, so this can happen before the first step.
+    # The optimizer is built in StageTrainer, so this can happen before the first step.
     distributed.broadcast_state(model, optimizer)
     start = int(optimizer.iterations.numpy())
-
-    # ---- step ---------------------------------------------------------------------------
-    use_segmentation = cue_stage is not None
-    loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
-
-    @tf.function(jit_compile=cfg.xla)
-    def train_step(batch):
-        with tf.GradientTape() as tape:
-            out = model(batch["image"], training=False)
-            cls = losses.classification_loss(out["attention"], batch["tags"])
-            seg = losses.segmentation_loss(out["segmentation"], batch["cue"]) if use_segmentation else 0.0
-            l2 = losses.l2_loss(kernels, cfg.weight_decay)
-            total = cls + seg + l2
-            scaled = total * loss_scale  # static loss scaling for float16, 1 otherwise
-        grads = distributed.allreduce_gradients(tape, scaled, variables)
-        grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
-        optimizer.apply(grads, variables)
-        # Averaged over ranks, so every rank sees the same (possibly non-finite) loss.
-        return distributed.allreduce_mean_tensor(tf.stack([total, cls, tf.cast(seg, tf.float32), l2]))
 
     # ---- loop ---------------------------------------------------------------------------
     writer = tf.summary.create_file_writer(os.path.join(directory, "tb")) if ctx.is_chief else None
@@ -166,7 +196,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
     for step in range(start, steps):
         batch = next(iterator)
         step_start = time.time()
-        values = train_step(batch).numpy()
+        values = trainer.step(batch).numpy()
         if not np.isfinite(values).all():
             raise FloatingPointError(
                 f"[{stage}] non-finite loss {values[0]} at step {step + 1}; stopped. The last good "
@@ -203,6 +233,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
                            "seconds": round(time.time() - t0, 1)})
         distributed.log(f"[{stage}] done: {manager.latest_checkpoint}")
     distributed.barrier()
+    return trainer
 
 
 # ============================================================================ cue stages

@@ -1,0 +1,196 @@
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from data_tools import build, sources, verify
+from dcsp_dist import config, data, records
+
+CFG = config.make_config("tiny_test")
+
+
+def _ids(voc, split):
+    return sources.read_id_list(str(voc / "ImageSets" / "Segmentation" / f"{split}.txt"))
+
+
+def _all_records(directory, split):
+    manifest = records.read_manifest(str(directory), split)
+    return [data.decode(s, manifest["has_saliency"], manifest["has_mask"])
+            for s in tf.data.TFRecordDataset(records.shard_files(str(directory), manifest))]
+
+
+def test_round_trip_equals_source_files(synth_voc, synth_records):
+    examples = _all_records(synth_records, "train")
+    assert len(examples) == 24
+    manifest = json.load(open(synth_records / "train.manifest.json"))
+    assert manifest["has_saliency"] and manifest["has_mask"] and manifest["role"] == "train"
+    assert sum(s["num_examples"] for s in manifest["shards"]) == 24
+    raw = tf.data.TFRecordDataset(records.shard_files(str(synth_records), manifest))
+    for ex, serialized in zip(examples, raw):
+        image_id = ex["id"].numpy().decode()
+        parsed = tf.io.parse_single_example(serialized, records.feature_spec())
+        assert parsed["image/encoded"].numpy() == (synth_voc / "JPEGImages" / f"{image_id}.jpg").read_bytes()
+        saliency = np.asarray(Image.open(synth_voc / "Saliency" / f"{image_id}.png"))
+        assert np.abs(ex["saliency"].numpy().astype(int) - saliency).max() <= 1
+        mask = np.asarray(Image.open(synth_voc / "SegmentationClass" / f"{image_id}.png"))
+        np.testing.assert_array_equal(ex["mask"].numpy(), mask)
+        tags = sorted(int(c) for c in np.unique(mask) if c)
+        assert sorted(parsed["tags/ids"].values.numpy().tolist()) == tags
+        assert (np.flatnonzero(ex["tags"].numpy()) + 1).tolist() == tags
+
+
+def test_saliency_npz_is_read_within_one_level(tmp_path, synth_voc):
+    root = tmp_path / "voc"
+    shutil.copytree(synth_voc, root)
+    image_id = _ids(root, "train")[0]
+    png = root / "Saliency" / f"{image_id}.png"
+    actv = np.asarray(Image.open(png)).astype(np.float32) / 255.0
+    png.unlink()
+    np.savez(root / "Saliency" / f"{image_id}.npz", actv=actv)
+    build.build(str(root), [image_id], "train", str(tmp_path / "out"), progress=False, workers=1)
+    ex = _all_records(tmp_path / "out", "train")[0]
+    assert np.abs(ex["saliency"].numpy() / 255.0 - actv).max() <= 1 / 255 + 1e-6
+
+
+def _bad_root(tmp_path, synth_voc):
+    root = tmp_path / "bad"
+    shutil.copytree(synth_voc, root)
+    ids = _ids(root, "train")[:10]
+    jpg = root / "JPEGImages"
+    (jpg / f"{ids[0]}.jpg").write_bytes((jpg / f"{ids[0]}.jpg").read_bytes()[:600])        # truncated
+    (jpg / f"{ids[1]}.jpg").write_bytes((root / "Saliency" / f"{ids[1]}.png").read_bytes())  # a PNG
+    (root / "Annotations" / f"{ids[2]}.xml").unlink()                                        # no tags
+    (root / "Saliency" / f"{ids[3]}.png").unlink()                                           # no saliency
+    Image.new("L", (9, 9)).save(root / "Saliency" / f"{ids[4]}.png")                        # wrong size
+    (root / "ClassCategories").mkdir()
+    (root / "ClassCategories" / f"{ids[5]}.txt").write_text("3\n21\n")                       # id out of range
+    xml = root / "Annotations" / f"{ids[6]}.xml"
+    xml.write_text(xml.read_text().replace("<name>", "<name>spaceship", 1))                  # unknown name
+    xml = root / "Annotations" / f"{ids[7]}.xml"
+    xml.write_text("<annotation></annotation>")                                              # no tags at all
+    Image.new("L", (5, 5)).save(root / "SegmentationClass" / f"{ids[8]}.png")                # mask size
+    return root, ids + [ids[9], "no_such_image"]                                             # duplicate, missing
+
+
+def test_bad_input_reports_every_item_and_writes_nothing(tmp_path, synth_voc, capsys):
+    root, ids = _bad_root(tmp_path, synth_voc)
+    out = tmp_path / "out"
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(ids) + "\n")
+    code = build.main(["--root", str(root), "--split-list", str(lst), "--split", "train", "--out", str(out),
+                       "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    for needle in ("not a readable JPEG", "a PNG file, not a JPEG", "missing tag file", "missing saliency map",
+                   "saliency is 9x9", "tag id 21 outside 1..20", "unknown class name 'spaceship", "has no tags",
+                   "mask is 5x5", "duplicate id", "no image for id no_such_image"):
+        assert needle in err, needle
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_skip_bad_writes_good_items_and_a_report(tmp_path, synth_voc):
+    root, ids = _bad_root(tmp_path, synth_voc)
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(ids) + "\n")
+    out = tmp_path / "out"
+    assert build.main(["--root", str(root), "--split-list", str(lst), "--split", "train", "--out", str(out),
+                       "--skip-bad", "--quiet", "--workers", "1", "--num-shards", "2"]) == 0
+    report = json.load(open(out / "train.skipped.json"))
+    assert {s["id"] for s in report["skipped"]} >= {ids[0], ids[1], ids[2], "no_such_image"}
+    assert records.read_manifest(str(out), "train")["num_examples"] == 1     # ids[9] is the only good one
+    assert verify.main([str(out)]) == 0
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_verify_detects_corruption(tmp_path, synth_records, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(synth_records, out)
+    assert verify.main([str(out)]) == 0
+    shard = sorted(out.glob("train-*.tfrecord"))[1]
+    data_bytes = bytearray(shard.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data_bytes))
+    assert verify.main([str(out)]) == 1
+    assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_real_voc_image_builds_and_verifies(tmp_path, voc_sample):
+    jpg, png = voc_sample
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    shutil.copy(jpg, root / "JPEGImages")
+    shutil.copy(png, root / "SegmentationClass")
+    manifest = build.build(str(root), ["2007_000129"], "val", str(tmp_path / "out"), progress=False, workers=1)
+    assert manifest["has_mask"] and not manifest["has_saliency"] and manifest["role"] == "eval"
+    assert verify.main([str(tmp_path / "out")]) == 0
+    ex = _all_records(tmp_path / "out", "val")[0]
+    np.testing.assert_array_equal(ex["mask"].numpy(), np.asarray(Image.open(png)))
+    assert ex["image"].shape == (500, 334, 3)
+
+
+@pytest.mark.parametrize("num_shards,num_ranks", [(2, 2), (3, 3), (4, 3)])
+def test_every_example_read_once_per_epoch(tmp_path, synth_voc, num_shards, num_ranks):
+    out = tmp_path / "rec"
+    build.build(str(synth_voc), _ids(synth_voc, "train"), "train", str(out), num_shards=num_shards,
+                workers=1, progress=False)
+    seen = []
+    for rank in range(num_ranks):
+        ds = data.make_inference_dataset(str(out), "train", rank=rank, size=num_ranks)
+        seen += [ex["id"].numpy().decode() for ex in ds]
+    assert sorted(seen) == sorted(_ids(synth_voc, "train"))
+
+
+def test_fewer_files_than_ranks_is_a_clear_error(synth_records):
+    with pytest.raises(records.DataError, match="4 shard files for 5 ranks"):
+        data.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=5)
+
+
+def test_augment_keeps_image_and_maps_aligned():
+    """A test pattern whose label map is a function of its colour must stay consistent."""
+    h, w = 70, 90
+    labels = (np.arange(h)[:, None] // 10 * 3 + np.arange(w)[None, :] // 30).astype(np.uint8)  # blocks
+    colours = np.random.default_rng(0).integers(0, 256, (labels.max() + 1, 3)).astype(np.uint8)
+    example = {"id": tf.constant("x"), "image": tf.constant(colours[labels]), "tags": tf.zeros([20]),
+               "cue": tf.constant(labels), "mask": tf.constant(labels)}
+    cfg = config.make_config("tiny_test", {"crop_size": "80", "min_scale": "0.9", "max_scale": "1.4"})
+    for i in range(6):
+        out = data.augment(example, cfg, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
+        image = out["image"].numpy() + np.array([104.00698793, 116.66876762, 122.67891434])
+        rgb = image[..., ::-1]
+        cue = out["cue"].numpy()
+        np.testing.assert_array_equal(cue, out["mask"].numpy())
+        inside = cue != 255
+        # Where the label is known, the pixel's colour is that label's colour (away from
+        # bilinear blending at block edges): check the majority of pixels.
+        err = np.abs(rgb[inside] - colours[cue[inside]]).max(axis=-1)
+        assert np.mean(err < 2) > 0.85
+        # Padding: image 0 after mean subtraction, labels 255.
+        pad = ~inside
+        if pad.any():
+            assert np.abs(out["image"].numpy()[pad]).max() < 1e-4
+
+
+def test_eager_and_tf_data_agree(synth_records):
+    manifest = records.read_manifest(str(synth_records), "train")
+    files = records.shard_files(str(synth_records), manifest)
+    serialized = list(tf.data.TFRecordDataset(files[:1]).take(3))
+    seed = tf.constant([5, 1], tf.int64)
+    eager = [data.augment(data.decode(s, True, True), CFG, seed, maps=("saliency", "mask")) for s in serialized]
+    pipeline = tf.data.Dataset.from_tensor_slices(tf.stack(serialized)).map(
+        lambda s: data.augment(data.decode(s, True, True), CFG, seed, maps=("saliency", "mask")))
+    for a, b in zip(eager, pipeline):
+        for key in ("image", "saliency", "mask", "tags"):
+            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4)
+
+
+def test_training_pipeline_batches_and_rank_seeds(synth_records):
+    a = next(iter(data.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=2)))
+    b = next(iter(data.make_train_dataset(str(synth_records), CFG, 2, rank=1, size=2)))
+    assert a["image"].shape == (2, 64, 64, 3) and a["tags"].shape == (2, 20)
+    assert not set(a["id"].numpy()) & set(b["id"].numpy())

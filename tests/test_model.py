@@ -1,0 +1,111 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from dcsp_dist import config
+from dcsp_dist.models import (backbone, build_model, export_caffe_dict, load_caffe_dict,
+                              parameter_groups)
+from dcsp_dist.models.weights import read_caffe_file, write_caffe_file
+
+TINY = config.make_config("tiny_test")
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    return build_model(config.make_config("voc_paper"))
+
+
+def test_parameter_count_and_output_stride_8(full_model):
+    assert full_model.count_params() == 44_206_988
+    assert backbone(full_model).count_params() == 42_658_176
+    out = full_model(np.zeros((1, 321, 321, 3), np.float32))
+    assert out["segmentation"].shape == (1, 41, 41, 21)
+    assert out["attention"].shape == (1, 41, 41, 20)
+
+
+def test_backbone_at_stride_32_equals_keras_resnet101(full_model):
+    cfg = dataclasses.replace(config.make_config("voc_paper"), output_stride=32)
+    model = build_model(cfg)
+    reference = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(None, None, 3))
+    rng = np.random.default_rng(0)
+    for layer in backbone(model).layers:  # same (random, non-trivial) weights, copied by layer name
+        if layer.weights:
+            values = [rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.get_weights()]
+            if isinstance(layer, keras.layers.BatchNormalization):
+                values[3] = np.abs(values[3]) + 1.0          # positive variance
+            layer.set_weights(values)
+            reference.get_layer(layer.name).set_weights(values)
+    x = rng.normal(0, 50, (2, 96, 96, 3)).astype(np.float32)
+    ours = backbone(model)(x).numpy()
+    theirs = reference(x).numpy()
+    assert ours.shape == theirs.shape == (2, 3, 3, 2048)
+    assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(theirs).max())
+
+
+def test_parameter_groups_follow_structure():
+    model = build_model(TINY)
+    groups = parameter_groups(model)
+    assert len(groups.head_kernels) == 5 and len(groups.head_biases) == 5
+    assert all(len(v.shape) == 1 for v in groups.head_biases)
+    assert not any(v in groups.backbone for v in groups.head_kernels)
+    bn = [w for layer in backbone(model).layers if isinstance(layer, keras.layers.BatchNormalization)
+          for w in layer.weights]
+    assert bn and not any(w.trainable for w in bn)          # batch norm frozen
+    assert len(groups.trainable(False)) == 10
+    init = np.concatenate([np.asarray(k).ravel() for k in groups.head_kernels])
+    assert abs(init.std() - 0.01) < 0.002 and not any(np.asarray(b).any() for b in groups.head_biases)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_caffe_export_import_round_trip(tmp_path, suffix):
+    source = build_model(TINY)
+    rng = np.random.default_rng(1)
+    for v in source.weights:  # random weights everywhere, conv biases included
+        value = rng.normal(0, 0.1, v.shape).astype(np.float32)
+        v.assign(np.abs(value) + 0.5 if "variance" in v.path else value)
+    path = str(tmp_path / f"weights{suffix}")
+    write_caffe_file(export_caffe_dict(source), path)
+    target = build_model(dataclasses.replace(TINY, seed=9))
+    loaded = load_caffe_dict(target, path)
+    assert "conv1" in loaded and "bn_conv1" in loaded and "fc1_voc12_d0" in loaded
+    x = rng.normal(0, 30, (1, 64, 64, 3)).astype(np.float32)
+    a, b = source(x), target(x)
+    # Conv biases are folded into the BN means: equal up to float rounding.
+    np.testing.assert_allclose(a["segmentation"], b["segmentation"], atol=1e-4)
+    # A model that came from Caffe (zero conv biases) round-trips bit for bit.
+    again = build_model(dataclasses.replace(TINY, seed=5))
+    load_caffe_dict(again, export_caffe_dict(target))
+    np.testing.assert_array_equal(target(x)["segmentation"], again(x)["segmentation"])
+    assert set(read_caffe_file(path)) == set(export_caffe_dict(target))
+
+
+def test_malformed_caffe_dict_is_one_clear_error_and_loads_nothing():
+    model = build_model(TINY)
+    weights = export_caffe_dict(model)
+    del weights["res2a_branch1"]
+    weights["bn_conv1"]["scale"] = np.zeros(3, np.float32)
+    weights["extra_layer"] = {"weights": np.zeros(1)}
+    weights["conv1"]["weights"] = weights["conv1"]["weights"] + 1.0
+    before = np.asarray(backbone(model).get_layer("conv1_conv").kernel).copy()
+    with pytest.raises(ValueError) as info:
+        load_caffe_dict(model, weights)
+    msg = str(info.value)
+    assert "missing layer res2a_branch1" in msg and "bn_conv1/scale has shape (3,)" in msg
+    assert "unexpected layer extra_layer" in msg
+    np.testing.assert_array_equal(before, np.asarray(backbone(model).get_layer("conv1_conv").kernel))
+
+
+def test_caffe_names_follow_msra_convention(full_model):
+    names = set(export_caffe_dict(full_model))
+    for name in ("conv1", "bn_conv1", "res2a_branch1", "bn2a_branch1", "res2c_branch2c", "res3b3_branch2a",
+                 "res4b22_branch2c", "bn4b22_branch2c", "res5c_branch2c", "bn5c_branch2c",
+                 "fc1_voc12_c0", "fc1_voc12_c3", "fc1_voc12_d0"):
+        assert name in names, name
+
+
+def test_mixed_precision_keeps_float32_outputs():
+    model = build_model(dataclasses.replace(TINY, mixed_precision="bfloat16"))
+    out = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert out["segmentation"].dtype == "float32" and out["attention"].dtype == "float32"
