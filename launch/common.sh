@@ -1,0 +1,70 @@
+# Shared by the launch scripts: the four things a user must give (stage, config, data,
+# workdir), the job command they become, and --dry-run. Sourced, not run.
+# shellcheck shell=bash
+set -euo pipefail
+
+LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$LAUNCH_DIR")"
+ENTRY=train STAGE="" CONFIG="" DATA="" WORKDIR="" DRY_RUN=0
+PYTHON="${PYTHON:-}"
+EXTRA=()
+
+COMMON_HELP='Job (what every launcher needs):
+  --stage S        attention | cues | segmentation | adapt | segmentation_adapted | all
+  --config C       preset: voc_paper | synthetic_demo | tiny_test
+  --data DIR       TFRecords directory (data_tools.build)
+  --workdir DIR    run directory
+  --evaluate       run dcsp_dist.evaluate on --workdir instead of training (no --stage/--config)
+  --predict DIR    run dcsp_dist.predict on --workdir, writing PASCAL-server PNGs to DIR
+  --python PATH    interpreter on every node (default: the checkout'"'"'s .venv/bin/python)
+  --dry-run        print the exact command and exit
+  -- ARGS...       passed through to the job unchanged (e.g. --set attention_steps=100)'
+
+die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 2; }
+
+# common_arg "$@": consume one job option; sets SHIFT to the number of words used (0: not ours).
+common_arg() {
+  SHIFT=2
+  case "$1" in
+    --stage) [[ $# -ge 2 ]] || die "--stage needs a value"; STAGE=$2 ;;
+    --config) [[ $# -ge 2 ]] || die "--config needs a value"; CONFIG=$2 ;;
+    --data) [[ $# -ge 2 ]] || die "--data needs a value"; DATA=$2 ;;
+    --workdir) [[ $# -ge 2 ]] || die "--workdir needs a value"; WORKDIR=$2 ;;
+    --python) [[ $# -ge 2 ]] || die "--python needs a value"; PYTHON=$2 ;;
+    --predict) [[ $# -ge 2 ]] || die "--predict needs an output directory"; ENTRY=predict; PREDICT_OUT=$2 ;;
+    --evaluate) ENTRY=evaluate; SHIFT=1 ;;
+    --dry-run) DRY_RUN=1; SHIFT=1 ;;
+    *) SHIFT=0 ;;
+  esac
+}
+
+# job_command: fills JOB with the python command line for this job.
+job_command() {
+  [[ -n "$PYTHON" ]] || { [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python" || PYTHON=python3; }
+  [[ -n "$DATA" ]] || die "--data is required"
+  [[ -n "$WORKDIR" ]] || die "--workdir is required"
+  case "$ENTRY" in
+    train)
+      [[ -n "$STAGE" ]] || die "--stage is required"
+      [[ -n "$CONFIG" ]] || die "--config is required"
+      case "$STAGE" in attention|cues|segmentation|adapt|segmentation_adapted|all) ;;
+        *) die "--stage $STAGE: not one of attention cues segmentation adapt segmentation_adapted all" ;; esac
+      JOB=("$PYTHON" -m dcsp_dist.train --stage "$STAGE" --config "$CONFIG" --data "$DATA" --workdir "$WORKDIR") ;;
+    evaluate)
+      JOB=("$PYTHON" -m dcsp_dist.evaluate --checkpoint "$WORKDIR" --data "$DATA") ;;
+    predict)
+      JOB=("$PYTHON" -m dcsp_dist.predict --checkpoint "$WORKDIR" --data "$DATA" --out "$PREDICT_OUT") ;;
+  esac
+  JOB+=("${EXTRA[@]+"${EXTRA[@]}"}")
+}
+
+# run_or_print CMD...: print the command shell-quoted; run it unless --dry-run.
+run_or_print() {
+  printf '%q ' "$@" | sed 's/ $//'
+  printf '\n'
+  if [[ "$DRY_RUN" == 0 ]]; then
+    cd "$REPO_DIR"
+    export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    exec "$@"
+  fi
+}

@@ -1,0 +1,110 @@
+"""Evaluation and prediction under real horovodrun: every image exactly once."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcsp_dist import voc
+from tests.hvd import run_python, run_ranks
+
+
+def _evaluate(num_ranks, run, data, out, *extra):
+    args = ["-m", "dcsp_dist.evaluate", "--checkpoint", str(run), "--data", str(data), "--split", "val",
+            "--out", str(out), *extra]
+    proc = run_ranks(num_ranks, *args)
+    return json.load(open(out / "results.json")), proc.stdout
+
+
+def _expected_pixels(data):
+    import tensorflow as tf
+    from dcsp_dist import data as pipeline, records
+    manifest = records.read_manifest(str(data), "val")
+    total = 0
+    for ex in pipeline.make_inference_dataset(str(data), "val", files=records.shard_files(str(data), manifest)):
+        total += int(np.sum(ex["mask"].numpy() < 21))
+    del tf
+    return total, manifest["num_examples"]
+
+
+def test_merged_matrix_identical_for_1_2_3_ranks_and_counts_each_image_once(tiny_run, synth_records, tmp_path):
+    workdir, _ = tiny_run
+    pixels, images = _expected_pixels(synth_records)
+    assert images == 7  # no rank count in 2, 3, 4 divides it
+    results = {n: _evaluate(n, workdir, synth_records, tmp_path / f"np{n}", "--no-crf")[0] for n in (1, 2, 3)}
+    for n, r in results.items():
+        assert r["num_images"] == 7 and r["ranks"] == n
+        assert int(np.sum(r["confusion_matrix"])) == pixels
+        assert r["confusion_matrix"] == results[1]["confusion_matrix"], n
+
+
+def test_evaluation_with_crf_writes_results_picture_and_tensorboard(tiny_run, synth_records, tmp_path):
+    workdir, _ = tiny_run
+    result, stdout = _evaluate(2, workdir, synth_records, tmp_path / "crf", "--crf-workers", "1")
+    assert result["crf"] and result["num_images"] == 7
+    assert "mIoU" in stdout and "aeroplane" in stdout
+    assert Image.open(tmp_path / "crf" / "confusion.png").size[0] > 100
+    assert list((tmp_path / "crf" / "tb").glob("events.out.tfevents.*"))
+    sequential, _ = _evaluate(1, workdir, synth_records, tmp_path / "seq", "--crf-workers", "0")
+    assert sequential["confusion_matrix"] == result["confusion_matrix"]
+
+
+def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, tmp_path):
+    workdir, _ = tiny_run
+    out = tmp_path / "sub"
+    run_ranks(2, "-m", "dcsp_dist.predict", "--checkpoint", str(workdir), "--data", str(synth_records),
+              "--split", "val", "--out", str(out), "--overlays", "--no-crf")
+    masks = sorted((out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls").glob("*.png"))
+    assert len(masks) == 7
+    for path in masks:
+        image = Image.open(path)
+        assert image.mode == "P"
+        assert image.getpalette()[:63] == voc.palette()[:63]
+        assert np.asarray(image).max() < 21
+    assert (out / "results.tar.gz").stat().st_size > 0
+    assert len(list((out / "overlays").glob("*.jpg"))) == 7
+    # The PNG indices are the evaluation's argmax: evaluate the same way and compare.
+    from dcsp_dist import metrics, records, data as pipeline
+    manifest = records.read_manifest(str(synth_records), "val")
+    matrix = np.zeros((21, 21), np.int64)
+    for ex in pipeline.make_inference_dataset(str(synth_records), "val", files=records.shard_files(str(synth_records), manifest)):
+        pred = np.asarray(Image.open(out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / f"{ex['id'].numpy().decode()}.png"))
+        matrix += metrics.confusion_matrix(ex["mask"].numpy(), pred, 21)
+    result, _ = _evaluate(1, workdir, synth_records, tmp_path / "ref", "--no-crf")
+    assert matrix.tolist() == result["confusion_matrix"]
+
+
+@pytest.mark.parametrize("case", ["missing", "classes", "nomask"])
+def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tmp_path, case):
+    workdir, _ = tiny_run
+    checkpoint, split = str(workdir), "val"
+    if case == "missing":
+        checkpoint = str(tmp_path / "nothing_here")
+    elif case == "classes":
+        import shutil
+        copy = tmp_path / "run"
+        shutil.copytree(workdir, copy)
+        cfg = json.load(open(copy / "segmentation_adapted" / "config.json"))
+        cfg["num_classes"] = 5
+        json.dump(cfg, open(copy / "segmentation_adapted" / "config.json", "w"))
+        checkpoint = str(copy)
+    else:
+        split = "train_nomask"
+        import os
+        manifest = json.load(open(synth_records / "train.manifest.json"))
+        manifest["has_mask"] = False
+        data = tmp_path / "data"
+        os.makedirs(data)
+        for s in manifest["shards"]:
+            os.symlink(synth_records / s["file"], data / s["file"])
+        json.dump(manifest, open(data / "train_nomask.manifest.json", "w"))
+        synth = data
+    proc = run_python("-m", "dcsp_dist.evaluate", "--checkpoint", checkpoint,
+                      "--data", str(synth if case == "nomask" else synth_records), "--split", split,
+                      "--out", str(tmp_path / "out"), check=False)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    needle = {"missing": "no such run directory or checkpoint", "classes": "does not fit a 5-class",
+              "nomask": "has no masks"}[case]
+    assert needle in errors[0]
+    assert not (tmp_path / "out").exists()

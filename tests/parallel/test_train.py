@@ -1,0 +1,125 @@
+"""The trainer under real horovodrun: synchronised weights, 1-vs-2-rank equivalence,
+resume, guards, and the whole schedule end to end."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.hvd import ROOT, run_python, run_ranks
+
+
+def _load(path):
+    with np.load(path) as data:
+        return [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def test_two_rank_steps_equal_one_rank_steps_on_the_joint_batch(synth_records, tmp_path):
+    args = ["tests/parallel/workers/train_steps.py", "--data", str(synth_records), "--out", str(tmp_path)]
+    run_ranks(2, *args)
+    run_ranks(1, *args)
+    rank0, rank1 = _load(tmp_path / "weights-np2-rank0.npz"), _load(tmp_path / "weights-np2-rank1.npz")
+    single = _load(tmp_path / "weights-np1-rank0.npz")
+    for a, b in zip(rank0, rank1):
+        np.testing.assert_array_equal(a, b)
+    worst = max(float(np.abs(a - s).max()) for a, s in zip(rank0, single))
+    assert worst < 1e-5, worst
+
+
+def test_stage_all_end_to_end_reports_cue_quality(tiny_run, synth_records):
+    workdir, log = tiny_run
+    data_dir = synth_records
+    for stage in ("attention", "cues", "segmentation", "adapt", "segmentation_adapted"):
+        assert (workdir / stage / "done.json").is_file(), stage
+    cues = json.load(open(workdir / "cues" / "cues.json"))
+    assert 0.0 < cues["miou"] <= 1.0 and "[cues] cue quality" in log
+    assert len(list((workdir / "cues").glob("train-*-of-00004.cues.tfrecord"))) == 4
+    assert json.load(open(workdir / "attention" / "config.json"))["name"] == "tiny_test"
+    events = list((workdir / "attention" / "tb").glob("events.out.tfevents.*"))
+    assert events
+    # TensorBoard really holds the scalars and the image strip.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(workdir / "segmentation" / "tb"), size_guidance={"tensors": 0}).Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"loss/total", "loss/classification", "loss/segmentation", "loss/l2", "learning_rate",
+            "images_per_sec", "step_time_sec", "input|cue|prediction|attention"} <= tags
+    # Relaunching finds every stage done and does no work.
+    again = run_ranks(2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test",
+                      "--data", str(data_dir), "--workdir", str(workdir)).stdout
+    assert again.count("already done, skipping") == 5
+
+
+def test_resume_after_interruption_keeps_step_and_learning_rate(synth_records, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test",
+           "--data", str(synth_records), "--workdir", str(workdir), "--set", "attention_steps=400",
+           "--set", "checkpoint_every=5", "--set", "image_summary_every=1000"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DCSP_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not list((workdir / "attention" / "ckpt").glob("ckpt-10.index")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)   # a hard interruption, mid-stage
+    proc.wait()
+    assert not (workdir / "attention" / "done.json").exists()
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(str(workdir / "attention" / "ckpt"))
+    saved_step = int(latest.rsplit("-", 1)[1])
+    out = run_python(*cmd[1:], "--set", "attention_steps=400").stdout
+    assert f"resuming from {latest}" in out
+    first = re.search(r"\[attention\] step (\d+)/400 .* lr ([0-9.e+-]+)", out)
+    assert int(first.group(1)) == saved_step + 1
+    from dcsp_dist.schedule import PolyWithWarmup
+    expected = float(PolyWithWarmup(1e-2, 400, 0.9)(saved_step))
+    assert abs(float(first.group(2)) - expected) / expected < 0.01
+    assert (workdir / "attention" / "done.json").exists()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(synth_records, tmp_path):
+    proc = run_python("-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test",
+                      "--data", str(synth_records), "--workdir", str(tmp_path), "--set", "base_lr=1e12",
+                      "--set", "attention_steps=50", check=False)
+    assert proc.returncode == 1
+    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and "non-finite loss" in line[0] and re.search(r"at step \d+", line[0])
+    assert not (tmp_path / "attention" / "done.json").exists()
+
+
+def test_fewer_shards_than_ranks_fails_before_any_work(synth_records, tmp_path):
+    out = tmp_path / "one_shard"
+    manifest = json.load(open(synth_records / "train.manifest.json"))
+    os.makedirs(out)
+    one = dict(manifest, shards=manifest["shards"][:1], num_examples=manifest["shards"][0]["num_examples"])
+    os.symlink(synth_records / manifest["shards"][0]["file"], out / manifest["shards"][0]["file"])
+    json.dump(one, open(out / "train.manifest.json", "w"))
+    proc = run_ranks(2, "-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test",
+                     "--data", str(out), "--workdir", str(tmp_path / "run"), check=False)
+    assert proc.returncode != 0
+    assert "1 shard files for 2 ranks" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_split_without_saliency_fails_before_any_work(synth_records, tmp_path):
+    out = tmp_path / "nosal"
+    os.makedirs(out)
+    manifest = json.load(open(synth_records / "train.manifest.json"))
+    for s in manifest["shards"]:
+        os.symlink(synth_records / s["file"], out / s["file"])
+    json.dump(dict(manifest, has_saliency=False), open(out / "train.manifest.json", "w"))
+    proc = run_python("-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test",
+                      "--data", str(out), "--workdir", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 1 and "has no saliency maps" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ranks_with_different_configs_stop_with_a_clear_error():
+    proc = run_ranks(2, "tests/parallel/workers/config_mismatch.py", check=False)
+    assert proc.returncode != 0
+    assert proc.stdout.count("ranks disagree on the config") == 2

@@ -1,0 +1,90 @@
+"""Every launcher: --help, a dry-run that prints the exact command, safe quoting, clear errors."""
+import shlex
+import subprocess
+
+import pytest
+
+from tests.hvd import ROOT
+
+JOB = ["--stage", "all", "--config", "voc_paper", "--data", "/data/my records", "--workdir", "/runs/voc"]
+
+
+def launch(script, *args, check=True):
+    proc = subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def command_line(stdout):
+    """The printed command (last non-comment line), split back into words by a shell."""
+    lines = [l for l in stdout.splitlines() if l and not l.startswith("#")]
+    return shlex.split(lines[-1])
+
+
+@pytest.mark.parametrize("script", ["local.sh", "multinode.sh", "mpirun.sh", "slurm.sbatch", "k8s.sh",
+                                    "tensorboard.sh"])
+def test_help(script):
+    out = launch(script, "--help").stdout
+    assert out.startswith("Usage:")
+
+
+def test_local_dry_run_quotes_arguments():
+    out = launch("local.sh", "-n", "8", *JOB, "--dry-run", "--", "--set", "name=a b;rm -rf /").stdout
+    words = command_line(out)
+    assert words[1:6] == ["--gloo", "-np", "8", "-H", "localhost:8"]
+    i = words.index("-m")
+    assert words[i:] == ["-m", "dcsp_dist.train", "--stage", "all", "--config", "voc_paper", "--data",
+                         "/data/my records", "--workdir", "/runs/voc", "--set", "name=a b;rm -rf /"]
+
+
+def test_multinode_options():
+    words = command_line(launch("multinode.sh", "-H", "n1:8,n2:8", "--network-interface", "ib0",
+                                "--ssh-port", "2222", *JOB, "--dry-run").stdout)
+    assert words[1:4] == ["--gloo", "-np", "16"]
+    assert ["-H", "n1:8,n2:8"] == words[4:6]
+    assert "--network-interface" in words and "ib0" in words and "2222" in words
+
+
+def test_mpirun_recommended_flags():
+    words = command_line(launch("mpirun.sh", "-n", "16", "-H", "n1:8,n2:8", "--evaluate", "--data", "/d",
+                                "--workdir", "/w", "--dry-run").stdout)
+    assert words[:3] == ["mpirun", "-np", "16"]
+    for flag in (["-bind-to", "none"], ["-map-by", "slot"], ["-x", "LD_LIBRARY_PATH"], ["-x", "PATH"]):
+        assert any(words[i:i + 2] == flag for i in range(len(words))), flag
+    assert words[words.index("-m") + 1] == "dcsp_dist.evaluate"
+
+
+def test_slurm_prints_sbatch_and_srun():
+    out = launch("slurm.sbatch", "--dry-run", "--nodes", "4", "--gpus-per-node", "8", *JOB).stdout
+    assert "sbatch --nodes=4 --gpus-per-node=8 --ntasks-per-node=8" in out
+    words = command_line(out)
+    assert words[0] == "srun" and "--ntasks-per-node=8" in words and "--mpi=pmix" in words
+    assert "/data/my records" in words
+
+
+def test_k8s_manifest_is_an_mpijob_with_launcher_and_workers():
+    out = launch("k8s.sh", "--image", "registry/dcsp:1", "--workers", "3", "--gpus-per-worker", "4", *JOB,
+                 "--dry-run").stdout
+    assert "kind: MPIJob" in out and "Launcher:" in out and "Worker:" in out
+    assert "replicas: 3" in out and "nvidia.com/gpu: 4" in out and '"-np", "12"' in out
+    manifest = out.split("---")[0]
+    assert "\"/data/my records\"" in manifest and "@" not in manifest.split("kind: MPIJob")[1]
+
+
+def test_tensorboard_binds_localhost_by_default(tmp_path):
+    words = command_line(launch("tensorboard.sh", str(tmp_path), "--dry-run").stdout)
+    assert words[words.index("--host") + 1] == "127.0.0.1" and words[words.index("--logdir") + 1] == str(tmp_path)
+
+
+@pytest.mark.parametrize("script,args,needle", [
+    ("local.sh", ["--config", "c", "--data", "d", "--workdir", "w"], "--stage is required"),
+    ("local.sh", ["--stage", "everything", "--config", "c", "--data", "d", "--workdir", "w"], "not one of"),
+    ("multinode.sh", JOB, "give -H"),
+    ("mpirun.sh", JOB, "-n N is required"),
+    ("k8s.sh", JOB, "--image is required"),
+    ("local.sh", ["--bogus"], "unknown option --bogus"),
+])
+def test_bad_arguments_are_one_clear_error(script, args, needle):
+    proc = launch(script, *args, "--dry-run", check=False)
+    assert proc.returncode == 2 and needle in proc.stderr
