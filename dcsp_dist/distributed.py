@@ -114,6 +114,18 @@ def allreduce_gradients(tape: tf.GradientTape, loss: tf.Tensor, variables: Seque
     return dist_tape.gradient(loss, _raw(variables))
 
 
+def average_gradients(grads: Sequence[tf.Tensor], compression: str = "none") -> list[tf.Tensor]:
+    """Average already-computed gradients over ranks (one grouped, fused allreduce).
+
+    The same reduction DistributedGradientTape performs, for steps whose gradient part is
+    compiled with XLA (Horovod's collectives run outside the compiled function).
+    """
+    comp = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+    compressed, contexts = zip(*[comp.compress(g) for g in grads])
+    reduced = hvd.grouped_allreduce(list(compressed), op=hvd.Average)
+    return [comp.decompress(g, c) for g, c in zip(reduced, contexts)]
+
+
 def broadcast_variables(variables: Iterable, root_rank: int = 0) -> None:
     """Overwrite ``variables`` on every rank with rank ``root_rank``'s values."""
     raw = _raw(variables)

@@ -115,7 +115,7 @@ class StageTrainer:
         self.multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
             [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
         self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
-        self.schedule = PolyWithWarmup(cfg.learning_rate(), self.steps, cfg.poly_power, cfg.warmup_steps)
+        self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.poly_power, cfg.warmup_steps)
         self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
         self.optimizer.build(self.variables)
         self.step = self._make_step()
@@ -130,8 +130,8 @@ class StageTrainer:
         loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
 
         @tf.function(jit_compile=cfg.xla)
-        def train_step(batch):
-            """One SGD step on this rank's batch; returns rank-averaged [total, cls, seg, l2]."""
+        def local_step(batch):
+            """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
             with tf.GradientTape() as tape:
                 out = model(batch["image"], training=False)
                 cls = losses.classification_loss(out["attention"], batch["tags"])
@@ -139,11 +139,18 @@ class StageTrainer:
                 l2 = losses.l2_loss(kernels, cfg.weight_decay)
                 total = cls + seg + l2
                 scaled = total * loss_scale  # static loss scaling for float16, 1 otherwise
-            grads = distributed.allreduce_gradients(tape, scaled, variables)
+            grads = tape.gradient(scaled, distributed.raw_variables(variables))
+            return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
+
+        @tf.function
+        def train_step(batch):
+            """One SGD step; returns rank-averaged [total, cls, seg, l2] (same on every rank,
+            so a non-finite loss anywhere stops every rank)."""
+            values, grads = local_step(batch)
+            grads = distributed.average_gradients(grads)   # Horovod allreduce, outside XLA
             grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
             optimizer.apply(grads, variables)
-            # Averaged over ranks, so every rank sees the same (possibly non-finite) loss.
-            return distributed.allreduce_mean_tensor(tf.stack([total, cls, tf.cast(seg, tf.float32), l2]))
+            return distributed.allreduce_mean_tensor(values)
 
         return train_step
 

@@ -109,3 +109,17 @@ def test_mixed_precision_keeps_float32_outputs():
     model = build_model(dataclasses.replace(TINY, mixed_precision="bfloat16"))
     out = model(np.zeros((1, 64, 64, 3), np.float32))
     assert out["segmentation"].dtype == "float32" and out["attention"].dtype == "float32"
+
+
+def test_imagenet_weights_from_a_local_file_load_by_layer_name(tmp_path, full_model):
+    """Offline path of the ImageNet import: a local keras.applications ResNet101 weights file."""
+    from dcsp_dist.models import load_initial_weights
+    reference = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = str(tmp_path / "resnet101_notop.weights.h5")
+    reference.save_weights(path)
+    assert load_initial_weights(full_model, path).startswith("ImageNet ResNet101")
+    for name in ("conv1_conv", "conv4_block23_2_conv", "conv5_block3_3_bn"):
+        for a, b in zip(backbone(full_model).get_layer(name).get_weights(), reference.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_initial_weights(full_model, str(tmp_path / "missing.weights.h5"))
