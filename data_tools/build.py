@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
-from data_tools.sources import ROLES, load_item, read_id_list, role_for_split
+from data_tools.sources import ROLES, check_root_and_list, load_item, read_id_list, role_for_split
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
 
@@ -160,11 +160,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="parallel readers (default: cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.root, "JPEGImages")):
-        print(f"error: --root {args.root}: no JPEGImages/ directory there", file=sys.stderr)
-        return 2
-    if not os.path.isfile(args.split_list):
-        print(f"error: --split-list {args.split_list}: no such file", file=sys.stderr)
+    problem = check_root_and_list(args.root, args.split_list)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     split = args.split or os.path.splitext(os.path.basename(args.split_list))[0]
     try:

@@ -118,7 +118,7 @@ def _process(root: str, out_dir: str, overwrite: bool, image_id: str, detector=f
 
 def main(argv=None) -> int:
     from tqdm import tqdm
-    from data_tools.sources import read_id_list
+    from data_tools.sources import check_root_and_list, read_id_list
 
     parser = argparse.ArgumentParser(prog="python -m data_tools.saliency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,11 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that exist")
     parser.add_argument("--workers", type=int, default=None, help="processes for the built-in detector")
     args = parser.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.root, "JPEGImages")):
-        print(f"error: --root {args.root}: no JPEGImages/ directory there", file=sys.stderr)
-        return 2
-    if not os.path.isfile(args.split_list):
-        print(f"error: --split-list {args.split_list}: no such file", file=sys.stderr)
+    problem = check_root_and_list(args.root, args.split_list)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     ids = read_id_list(args.split_list)
     out_dir = args.out_dir or os.path.join(args.root, "Saliency")

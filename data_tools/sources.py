@@ -25,6 +25,15 @@ def role_for_split(split: str) -> str:
     return "eval"
 
 
+def check_root_and_list(root: str, split_list: str) -> str | None:
+    """One line naming the flag when --root or --split-list cannot be used, else None."""
+    if not os.path.isdir(os.path.join(root, "JPEGImages")):
+        return f"--root {root}: no JPEGImages/ directory there"
+    if not os.path.isfile(split_list):
+        return f"--split-list {split_list}: no such file"
+    return None
+
+
 def read_id_list(path: str) -> list[str]:
     """IDs from a list file: first token per non-empty line (VOC ImageSets or our lists)."""
     with open(path) as fh:

@@ -16,33 +16,15 @@ import os
 import sys
 import time
 
+from dcsp_dist.inference import Job, add_job_arguments, main_for
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
-    parser.add_argument("--data", required=True, help="TFRecords directory")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
-    parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
-    parser.add_argument("--crf-workers", type=int, default=1,
-                        help="CRF worker processes per rank, overlapped with the network (0: sequential)")
+    add_job_arguments(parser, default_split="val")
     parser.add_argument("--out", default=None, help="results directory (default: <run>/eval_<split>)")
-    parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
-    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
     return parser.parse_args(argv)
-
-
-def parse_scales(text: str | None, default) -> tuple:
-    if text is None:
-        return tuple(default)
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
-    if not scales or scales[0] != 1.0 or min(scales) <= 0:
-        raise ValueError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
-    return scales
 
 
 def default_out(checkpoint: str, split: str) -> str:
@@ -83,32 +65,17 @@ def evaluate(args, ctx) -> dict | None:
     import tensorflow as tf
     from tqdm import tqdm
 
-    from dcsp_dist import data, distributed, metrics, records
-    from dcsp_dist.crf import CRFParams
-    from dcsp_dist.inference import load_for_inference, run_inference
+    from dcsp_dist import distributed, metrics
     from dcsp_dist import workdir as layout
 
-    # ---- checks before any work ---------------------------------------------------------
-    manifest = records.read_manifest(args.data, args.split)
-    if not manifest.get("has_mask"):
-        raise records.DataError(f"{records.manifest_path(args.data, args.split)}: split {args.split} "
-                                f"has no masks; evaluation needs ground truth (use dcsp_dist.predict)")
-    model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
-    if cfg.num_classes != len(manifest["class_names"]):
-        raise ValueError(f"--checkpoint {prefix} has {cfg.num_classes} classes, {args.split} records have "
-                         f"{len(manifest['class_names'])}")
-    scales = parse_scales(args.scales, cfg.eval_scales)
-    files = records.files_for_rank(records.shard_files(args.data, manifest), ctx.rank, ctx.size,
-                                   what=f"{args.data} split {args.split}")
-    mine = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(args.data, s["file"]) in files)
-    crf = None if args.no_crf else CRFParams.from_config(cfg)
+    job = Job(args, ctx, need_mask=True)   # every check happens here, before any work
+    cfg, crf, scales, prefix, manifest = job.cfg, job.crf, job.scales, job.checkpoint, job.manifest
 
     # ---- per-rank inference, then one reduction -------------------------------------------
-    dataset = data.make_inference_dataset(args.data, args.split, files=files, need_mask=True)
     matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
     count, start = 0, time.time()
-    bar = tqdm(total=mine, desc=f"eval {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
-    for ex, label in run_inference(model, dataset, scales, crf, workers=args.crf_workers):
+    bar = tqdm(total=job.num_images, desc=f"eval {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
+    for ex, label in job.results():
         matrix += metrics.confusion_matrix(ex["mask"].numpy(), label, cfg.num_classes)
         count += 1
         bar.update(1)
@@ -148,15 +115,7 @@ def evaluate(args, ctx) -> dict | None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from dcsp_dist import distributed, records
-    ctx = distributed.init(intra_threads=args.threads)
-    try:
-        evaluate(args, ctx)
-    except (records.DataError, ValueError, FileNotFoundError) as exc:
-        distributed.error(str(exc))
-        return 1
-    return 0
+    return main_for(evaluate, parse_args(argv))
 
 
 if __name__ == "__main__":

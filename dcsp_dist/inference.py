@@ -105,3 +105,72 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1):
             yield done_ex, future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- entry points
+def add_job_arguments(parser, default_split: str) -> None:
+    """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
+    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
+    parser.add_argument("--data", required=True, help="TFRecords directory")
+    parser.add_argument("--split", default=default_split)
+    parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
+    parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
+    parser.add_argument("--crf-workers", type=int, default=1,
+                        help="CRF worker processes per rank, overlapped with the network (0: sequential)")
+    parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+
+
+def parse_scales(text: str | None, default) -> tuple:
+    if text is None:
+        return tuple(default)
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
+    if not scales or scales[0] != 1.0 or min(scales) <= 0:
+        raise ValueError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
+    return scales
+
+
+class Job:
+    """What one rank needs to run inference over its shards, checked before any work."""
+
+    def __init__(self, args, ctx, need_mask: bool):
+        import os
+
+        from dcsp_dist import data, records
+        from dcsp_dist.crf import CRFParams
+
+        self.manifest = records.read_manifest(args.data, args.split)
+        if need_mask and not self.manifest.get("has_mask"):
+            raise records.DataError(f"{records.manifest_path(args.data, args.split)}: split {args.split} "
+                                    f"has no masks; evaluation needs ground truth (use dcsp_dist.predict)")
+        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
+        if self.cfg.num_classes != len(self.manifest["class_names"]):
+            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
+                             f"records have {len(self.manifest['class_names'])}")
+        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
+        self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
+                                            what=f"{args.data} split {args.split}")
+        self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
+                              if os.path.join(args.data, s["file"]) in self.files)
+        self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
+        self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
+        self.workers = args.crf_workers
+
+    def results(self):
+        """(example, label) for this rank's images, with the network/CRF overlap."""
+        return run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers)
+
+
+def main_for(job_fn, args) -> int:
+    """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
+    from dcsp_dist import distributed, records
+    ctx = distributed.init(intra_threads=args.threads)
+    try:
+        job_fn(args, ctx)
+    except (records.DataError, ValueError, FileNotFoundError) as exc:
+        distributed.error(str(exc))
+        return 1
+    return 0

@@ -15,23 +15,18 @@ import os
 import sys
 import tarfile
 
+from dcsp_dist.inference import Job, add_job_arguments, main_for
+
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
-    parser.add_argument("--data", required=True, help="TFRecords directory")
-    parser.add_argument("--split", default="test")
+    add_job_arguments(parser, default_split="test")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--no-crf", action="store_true")
-    parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
-    parser.add_argument("--crf-workers", type=int, default=1, help="CRF worker processes per rank (0: sequential)")
     parser.add_argument("--overlays", action="store_true", help="also write image | prediction overlays")
     parser.add_argument("--no-tar", action="store_true", help="skip results.tar.gz")
-    parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
-    parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
 
 
@@ -60,30 +55,17 @@ def save_overlay(image, label, path: str) -> None:
 def predict(args, ctx) -> int:
     from tqdm import tqdm
 
-    from dcsp_dist import data, distributed, records
-    from dcsp_dist.crf import CRFParams
-    from dcsp_dist.evaluate import parse_scales
-    from dcsp_dist.inference import load_for_inference, run_inference
+    from dcsp_dist import distributed
 
-    manifest = records.read_manifest(args.data, args.split)
-    model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
-    if cfg.num_classes != len(manifest["class_names"]):
-        raise ValueError(f"--checkpoint {prefix} has {cfg.num_classes} classes, {args.split} records have "
-                         f"{len(manifest['class_names'])}")
-    scales = parse_scales(args.scales, cfg.eval_scales)
-    files = records.files_for_rank(records.shard_files(args.data, manifest), ctx.rank, ctx.size,
-                                   what=f"{args.data} split {args.split}")
+    job = Job(args, ctx, need_mask=False)   # every check happens here, before any work
     masks_dir = os.path.join(args.out, SUBMISSION_DIR)
     overlay_dir = os.path.join(args.out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)
     if args.overlays:
         os.makedirs(overlay_dir, exist_ok=True)
-    crf = None if args.no_crf else CRFParams.from_config(cfg)
-    dataset = data.make_inference_dataset(args.data, args.split, files=files)
     count = 0
-    mine = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(args.data, s["file"]) in files)
-    bar = tqdm(total=mine, desc=f"predict {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
-    for ex, label in run_inference(model, dataset, scales, crf, workers=args.crf_workers):
+    bar = tqdm(total=job.num_images, desc=f"predict {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
+    for ex, label in job.results():
         image_id = ex["id"].numpy().decode()
         save_palette_png(label, os.path.join(masks_dir, f"{image_id}.png"))
         if args.overlays:
@@ -106,15 +88,7 @@ def predict(args, ctx) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from dcsp_dist import distributed, records
-    ctx = distributed.init(intra_threads=args.threads)
-    try:
-        predict(args, ctx)
-    except (records.DataError, ValueError, FileNotFoundError) as exc:
-        distributed.error(str(exc))
-        return 1
-    return 0
+    return main_for(predict, parse_args(argv))
 
 
 if __name__ == "__main__":

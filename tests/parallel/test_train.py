@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from tests.hvd import ROOT, run_python, run_ranks
 
