@@ -7,6 +7,7 @@ set -euo pipefail
 
 GPU="${GPU:-0}"
 HOROVOD_VERSION=0.28.1
+UV_VERSION=0.13.9
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$ROOT/.venv"
 CACHE="${DCSP_CACHE:-$HOME/.cache/dcsp_dist}"
@@ -45,13 +46,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
 export PIP_NO_WARN_SCRIPT_LOCATION=1
+# uv installs from its cache by linking, so a set-up in a fresh clone takes seconds.
+"$VENV/bin/uv" --version >/dev/null 2>&1 || "${PIP[@]}" install "uv==$UV_VERSION" || die "pip install uv failed"
+UV=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python")
 reqs="$ROOT/requirements.txt"
 if [[ "$GPU" == 1 ]]; then
   reqs="$(mktemp)"; trap 'rm -f "$reqs"' EXIT
   sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' "$ROOT/requirements.txt" > "$reqs"
 fi
 log "installing Python requirements"
-"${PIP[@]}" install -r "$reqs" || die "pip install -r requirements.txt failed"
+"${UV[@]}" -r "$reqs" || die "installing requirements.txt failed"
 
 TF_VERSION="$("$VENV/bin/python" -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null)" \
   || die "TensorFlow does not import in $VENV"
@@ -86,10 +90,7 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
 else
   log "using cached Horovod wheel from $wheel_dir"
 fi
-"${PIP[@]}" install --no-deps --force-reinstall "$wheel_dir"/horovod-*.whl \
-  || die "installing the Horovod wheel failed"
-# Horovod's own run-time dependencies (its wheel was installed with --no-deps).
-"${PIP[@]}" install cloudpickle psutil pyyaml || die "installing Horovod's dependencies failed"
+"${UV[@]}" --no-deps --reinstall "$wheel_dir"/horovod-*.whl || die "installing the Horovod wheel failed"
 
 # --- check: Horovod must show TensorFlow, MPI and Gloo -------------------------------
 check="$("$VENV/bin/horovodrun" --check-build 2>&1)" || die "horovodrun --check-build failed: $check"
