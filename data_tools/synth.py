@@ -57,7 +57,7 @@ def _shape_mask(shape: str, h: int, w: int, box) -> np.ndarray:
     elif shape == "ellipse":
         draw.ellipse([x0, y0, x1, y1], fill=255)
     elif shape == "capsule":
-        cx, wid = (x0 + x1) / 2, (x1 - x0) * 0.22
+        cx, wid = (x0 + x1) / 2, (x1 - x0) * 0.3
         draw.rounded_rectangle([cx - wid, y0, cx + wid, y1], radius=wid, fill=255)
         draw.ellipse([cx - wid * 1.4, y0 - wid * 0.2, cx + wid * 1.4, y0 + wid * 2.4], fill=255)
     else:  # square with a dark frame
@@ -69,7 +69,7 @@ def _shape_mask(shape: str, h: int, w: int, box) -> np.ndarray:
 def make_example(index: int, seed: int):
     """One image: (rgb uint8 [H,W,3], mask uint8 [H,W], saliency uint8 [H,W], class ids)."""
     rng = np.random.default_rng([seed, index])
-    h, w = int(rng.integers(112, 161)), int(rng.integers(112, 161))
+    h, w = int(rng.integers(128, 177)), int(rng.integers(128, 177))
     # Cluttered background: smooth colour gradient, noise and grey-ish blobs.
     base = rng.uniform(60, 160, size=3)
     grad = np.linspace(-30, 30, w)[None, :, None] * rng.uniform(-1, 1, size=3)
@@ -90,7 +90,7 @@ def make_example(index: int, seed: int):
     present = []
     for cls in chosen:
         shape, colour, texture = CLASSES[cls]
-        bw, bh = rng.uniform(0.3, 0.55) * w, rng.uniform(0.3, 0.6) * h
+        bw, bh = rng.uniform(0.35, 0.6) * w, rng.uniform(0.35, 0.65) * h
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         region = _shape_mask(shape, h, w, (x0, y0, x0 + bw, y0 + bh))
         if region.sum() < 80:

@@ -121,9 +121,9 @@ def _synthetic_demo() -> Config:
     """
     return Config(
         name="synthetic_demo", blocks=(1, 1, 1, 1), base_width=16, init_weights="none",
-        crop_size=96, min_scale=0.75, max_scale=1.25, global_batch=10, base_lr=1e-2,
+        crop_size=112, min_scale=0.75, max_scale=1.25, global_batch=10, base_lr=1e-2,
         segmentation_base_lr=3e-3,
-        attention_steps=500, segmentation_steps=300, adapt_segmentation_steps=300,
+        attention_steps=400, segmentation_steps=300, adapt_segmentation_steps=200,
         attention_trains_backbone=True, head_init_std=0.01, shuffle_buffer=200,
         checkpoint_every=200, log_every=25, image_summary_every=100,
         cue_scales=(1.0, 0.75), eval_scales=(1.0, 0.75), crf_bilateral_sxy=20.0)
