@@ -49,7 +49,7 @@ def test_parameter_groups_follow_structure():
     groups = parameter_groups(model)
     assert len(groups.head_kernels) == 5 and len(groups.head_biases) == 5
     assert all(len(v.shape) == 1 for v in groups.head_biases)
-    assert not any(v in groups.backbone for v in groups.head_kernels)
+    assert not {id(v) for v in groups.backbone} & {id(v) for v in groups.head_kernels}
     bn = [w for layer in backbone(model).layers if isinstance(layer, keras.layers.BatchNormalization)
           for w in layer.weights]
     assert bn and not any(w.trainable for w in bn)          # batch norm frozen
