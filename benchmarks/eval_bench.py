@@ -20,21 +20,11 @@ sys.path.insert(0, ROOT)
 
 
 def make_records(work, n):
-    """n synthetic images resized to 500x375 (image bilinear, mask nearest)."""
-    import numpy as np
-    from PIL import Image
-    from data_tools import build, synth
+    """n synthetic images at 500x375, as TFRecords (8 shards)."""
+    from benchmarks.common import synth_voc_sized
+    from data_tools import build
     root = os.path.join(work, "voc")
-    ids = synth.generate(root, 0, n, seed=4)["val"]
-    for i in ids:
-        jpg = os.path.join(root, "JPEGImages", i + ".jpg")
-        Image.open(jpg).resize((500, 375), Image.BILINEAR).save(jpg, quality=92)
-        png = os.path.join(root, "SegmentationClass", i + ".png")
-        mask = Image.open(png)
-        big = Image.fromarray(np.asarray(mask)).resize((500, 375), Image.NEAREST)
-        big.save(png)
-        sal = os.path.join(root, "Saliency", i + ".png")
-        Image.open(sal).resize((500, 375), Image.BILINEAR).save(sal)
+    ids = synth_voc_sized(root, n, "val", seed=4)
     build.build(root, ids, "val", os.path.join(work, "rec"), num_shards=8, progress=False)
     return os.path.join(work, "rec"), root, ids
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every benchmark, one after the other (they need the machine to themselves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD"
+PY=.venv/bin/python
+echo "== input pipeline";  "$PY" benchmarks/data_bench.py
+echo "== model";           "$PY" benchmarks/model_bench.py
+echo "== weak scaling";    "$PY" benchmarks/scaling_bench.py
+ckpt="${CHECKPOINT:-demo_run/run}"
+if [[ -d "$ckpt" ]]; then
+  echo "== evaluation";    "$PY" benchmarks/eval_bench.py --checkpoint "$ckpt"
+else
+  echo "== evaluation: skipped, run make demo first (or CHECKPOINT=run_dir)"
+fi
