@@ -49,7 +49,7 @@ def crf_timing(checkpoint, data, root, image_id, reps=5):
     from dcsp_dist.inference import load_for_inference, make_multiscale_fn
 
     model, cfg, _ = load_for_inference(checkpoint)
-    image = np.asarray(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))
+    image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
     probs = tf.nn.softmax(make_multiscale_fn(model, cfg.eval_scales, "segmentation")(tf.constant(image))).numpy()
     params = CRFParams.from_config(cfg)
 

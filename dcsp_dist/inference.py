@@ -1,9 +1,8 @@
 """Multi-scale inference shared by the cues stage, evaluation and prediction (spec 4.2, 5)."""
 from __future__ import annotations
 
-import tensorflow as tf
-
-from dcsp_dist.data import preprocess_image
+# TensorFlow is imported inside the functions: evaluate/predict import this module at the
+# top, and their CRF worker processes (spawned) must start without loading TensorFlow.
 
 
 def make_multiscale_fn(model, scales, key: str):
@@ -13,6 +12,10 @@ def make_multiscale_fn(model, scales, key: str):
     the first (scale-1) output's size, fused by element-wise max, and the fused map is
     resized bilinearly to the image size. ``key`` is "attention" or "segmentation".
     """
+    import tensorflow as tf
+
+    from dcsp_dist.data import preprocess_image
+
     scales = tuple(float(s) for s in scales)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)
@@ -46,6 +49,8 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     """
     import os
 
+    import tensorflow as tf
+
     from dcsp_dist import config as config_lib
     from dcsp_dist import workdir as layout
     from dcsp_dist.models import build_model
@@ -76,6 +81,8 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1):
     import collections
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    import tensorflow as tf
 
     from dcsp_dist.crf import crf_or_argmax
 
