@@ -14,12 +14,12 @@ def run_ranks(num_ranks: int, *args: str, timeout: int = 900, check: bool = True
     """Run ``python ARGS...`` as ``num_ranks`` Horovod processes on localhost.
 
     One TensorFlow thread per rank (DCSP_THREADS=1), so oversubscribed runs (3 or 4 ranks on
-    2 cores) stay sane. Returns the completed process; with ``check`` a non-zero exit fails
+    2 cores) stay sane, and Horovod's 1 ms cycle: the tests' tiny steps take milliseconds. Returns the completed process; with ``check`` a non-zero exit fails
     with the job's output.
     """
     cmd = [HOROVODRUN, "--gloo", "-np", str(num_ranks), "-H", f"localhost:{num_ranks}",
            sys.executable, *args]
-    full_env = dict(os.environ, DCSP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
+    full_env = dict(os.environ, DCSP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1",
                     PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     full_env.update(env or {})
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
@@ -31,7 +31,7 @@ def run_ranks(num_ranks: int, *args: str, timeout: int = 900, check: bool = True
 
 def run_python(*args: str, timeout: int = 900, check: bool = True, env: dict | None = None):
     """Run ``python ARGS...`` as one plain process from the repository root."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1",
                     PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
