@@ -97,33 +97,28 @@ def error(message: str) -> None:
     print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
 
 
-def _raw(variables: Iterable) -> list[tf.Variable]:
-    """The tf.Variables behind Keras 3 variables (plain tf.Variables pass through)."""
-    return [getattr(v, "value", v) if not isinstance(v, tf.Variable) else v for v in variables]
-
-
 def raw_variables(variables: Iterable) -> list[tf.Variable]:
-    """Public form of ``_raw``: use these as gradient sources inside a GradientTape."""
-    return _raw(variables)
+    """The tf.Variables behind Keras 3 variables (plain tf.Variables pass through); use these
+    as gradient sources and broadcast targets."""
+    return [v if isinstance(v, tf.Variable) else v.value for v in variables]
 
 
 def allreduce_gradients(tape: tf.GradientTape, loss: tf.Tensor, variables: Sequence,
                         compression: str = "none") -> list[tf.Tensor]:
-    """Gradients of ``loss`` averaged over all ranks (Horovod's DistributedGradientTape).
+    """Gradients of ``loss`` averaged over all ranks (what Horovod's DistributedGradientTape
+    does: one grouped allreduce of the tape's gradients).
 
     ``variables`` may be Keras 3 variables: gradients are taken with respect to the
     underlying tf.Variables. Never divide the loss by the world size: Horovod averages.
     """
-    comp = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
-    dist_tape = hvd.DistributedGradientTape(tape, compression=comp)
-    return dist_tape.gradient(loss, _raw(variables))
+    return average_gradients(tape.gradient(loss, raw_variables(variables)), compression)
 
 
 def average_gradients(grads: Sequence[tf.Tensor], compression: str = "none") -> list[tf.Tensor]:
     """Average already-computed gradients over ranks (one grouped, fused allreduce).
 
-    The same reduction DistributedGradientTape performs, for steps whose gradient part is
-    compiled with XLA (Horovod's collectives run outside the compiled function).
+    Used by steps whose gradient part is compiled with XLA (Horovod's collectives run
+    outside the compiled function) and by ``allreduce_gradients``.
     """
     comp = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
     compressed, contexts = zip(*[comp.compress(g) for g in grads])
@@ -133,7 +128,7 @@ def average_gradients(grads: Sequence[tf.Tensor], compression: str = "none") -> 
 
 def broadcast_variables(variables: Iterable, root_rank: int = 0) -> None:
     """Overwrite ``variables`` on every rank with rank ``root_rank``'s values."""
-    raw = _raw(variables)
+    raw = raw_variables(variables)
     if raw:
         hvd.broadcast_variables(raw, root_rank=root_rank)
 

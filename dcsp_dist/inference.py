@@ -150,20 +150,18 @@ class Job:
         from dcsp_dist.crf import CRFParams
 
         self.manifest = records.read_manifest(args.data, args.split)
-        if need_mask and not self.manifest.get("has_mask"):
-            raise records.DataError(f"{records.manifest_path(args.data, args.split)}: split {args.split} "
-                                    f"has no masks; evaluation needs ground truth (use dcsp_dist.predict)")
+        self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
+                                            what=f"{args.data} split {args.split}")
+        # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
+        self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
         self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
         if self.cfg.num_classes != len(self.manifest["class_names"]):
             raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
                              f"records have {len(self.manifest['class_names'])}")
         self.scales = parse_scales(args.scales, self.cfg.eval_scales)
-        self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
-                                            what=f"{args.data} split {args.split}")
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
-        self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
         self.workers = args.crf_workers
 
     def results(self):

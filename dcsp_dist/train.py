@@ -56,7 +56,7 @@ def _stage_checkpoint(workdir: str, stage: str) -> str:
     return os.path.join(layout.stage_dir(workdir, stage), info["checkpoint"])
 
 
-def _visualise(model, batch, cfg):
+def _visualise(model, batch):
     """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes."""
     import numpy as np
     import tensorflow as tf
@@ -227,7 +227,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             tick, last_step = now, done
         if ctx.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
             with writer.as_default(step=done):
-                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg))
+                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch))
         if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
             manager.save(checkpoint_number=done)
     if ctx.is_chief:
