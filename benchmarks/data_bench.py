@@ -2,8 +2,10 @@
 (a) the TFRecord pipeline (decode + augment, 321 crop, batch 10), (b) a file-per-image loader
 reading the JPEG and the saliency .npz from the VOC directory with the same augmentation (what
 the original did), (c) the bare JPEG-decode rate of those images (the ceiling).
+The three are measured in turn, --rounds times, and their medians compared (this 2-core
+machine's rates wander by +-10% from one second to the next).
 
-    .venv/bin/python benchmarks/data_bench.py [--images 200] [--epochs 3]
+    .venv/bin/python benchmarks/data_bench.py [--images 200] [--epochs 5] [--rounds 3]
 """
 import argparse
 import os
@@ -18,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5, help="images per measurement, in epochs")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--native-size", action="store_true",
                         help="keep the synthetic images' own ~150 px size instead of VOC's 500x375")
@@ -45,17 +48,19 @@ def main():
     total = args.images * args.epochs
 
     def rate(dataset, n_images):
-        it = iter(dataset)
+        it = iter(dataset)  # a fresh iterator: no other pipeline has threads running meanwhile
         next(it)  # warm-up
         start, seen = time.perf_counter(), 0
         while seen < n_images:
             b = next(it)
             seen += int(tf.shape(b["image"] if isinstance(b, dict) else b)[0])
-        return seen / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        del it
+        return seen / elapsed
 
     # (a) TFRecords
     records = data.make_train_dataset(os.path.join(work, "rec"), cfg, batch, shuffle=True)
-    a = rate(records.map(lambda b: {"image": b["image"]}), total)
+    records = records.map(lambda b: {"image": b["image"]})
 
     # (b) one JPEG + one .npz per image from the VOC directory, same decode + augment
     paths = [(os.path.join(root, "JPEGImages", i + ".jpg"), os.path.join(root, "Saliency", i + ".npz")) for i in ids]
@@ -74,16 +79,21 @@ def main():
     loader = (files.shuffle(len(paths)).repeat().enumerate()
               .map(lambda i, f: per_file(i, f[0], f[1]), num_parallel_calls=tf.data.AUTOTUNE)
               .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    b_rate = rate(loader.map(lambda b: {"image": b["image"]}), total)
+    loader = loader.map(lambda b: {"image": b["image"]})
 
     # (c) bare JPEG decode of the same bytes, held in memory, in parallel
     jpegs = [open(p[0], "rb").read() for p in paths]
     decode = (tf.data.Dataset.from_tensor_slices(jpegs).repeat()
               .map(lambda s: tf.reduce_max(tf.io.decode_jpeg(s, channels=3)), num_parallel_calls=tf.data.AUTOTUNE)
               .batch(batch).prefetch(tf.data.AUTOTUNE))
-    c = rate(decode, total)
+    rates = {"a": [], "b": [], "c": []}
+    for _ in range(args.rounds):  # in turn, so a slow spell of the machine hits all three
+        for key, dataset in (("a", records), ("b", loader), ("c", decode)):
+            rates[key].append(rate(dataset, total))
+    a, b_rate, c = (float(np.median(rates[k])) for k in "abc")
     size = "own size (~150 px)" if args.native_size else "500x375"
-    print(f"images: {args.images} synthetic at {size} ({args.epochs} epochs), batch {batch}, crop 321, {os.cpu_count()} cores")
+    print(f"images: {args.images} synthetic at {size} ({args.epochs} epochs x {args.rounds} rounds, medians), "
+          f"batch {batch}, crop 321, {os.cpu_count()} cores")
     print(f"TFRecord pipeline (decode+augment):   {a:8.1f} img/s")
     print(f"file-per-image loader (JPEG + .npz):  {b_rate:8.1f} img/s")
     print(f"bare JPEG decode (ceiling):           {c:8.1f} img/s")

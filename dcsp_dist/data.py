@@ -1,9 +1,10 @@
 """Input pipelines: decode (bytes -> tensors) apart from augment (tensors -> crops).
 
-Training: this rank's shard files (``files[rank::size]``), interleaved, shuffled, decoded,
-augmented as spec 1 (BGR minus the Caffe mean, random scale in [min, max), flip, pad,
-crop; the same geometry on every per-pixel map), batched, prefetched. Cue shards written
-by the cues stage are zipped file by file with the image shards they mirror.
+Training: this rank's shard files (``files[rank::size]``), interleaved, shuffled, parsed,
+augmented as spec 1 (random scale in [min, max), flip, pad, crop; the same geometry on
+every per-pixel map; only the crop's window of the JPEG is decoded), batched as uint8,
+prefetched; ``network_input`` (BGR minus the Caffe mean) runs in the train step. Cue shards
+written by the cues stage are zipped file by file with the image shards they mirror.
 Evaluation/inference: this rank's files in order, one full-size image at a time.
 """
 from __future__ import annotations
@@ -21,18 +22,24 @@ PAD_VALUES = {"cue": IGNORE_LABEL, "mask": IGNORE_LABEL, "saliency": 0}
 
 
 # ----------------------------------------------------------------------------- decode
-def decode(serialized, has_saliency: bool = True, has_mask: bool = False) -> dict:
+def decode(serialized, has_saliency: bool = True, has_mask: bool = False,
+           decode_image: bool = True) -> dict:
     """A serialized record -> dict of uint8 images/maps at full size and tag tensors.
 
     Keys: id (string), image [H, W, 3] uint8 RGB, tags [20] float32 multi-hot,
     and where present saliency [H, W] uint8 (0..255), mask [H, W] uint8 class ids.
+    With ``decode_image=False`` the JPEG stays encoded under "jpeg" and ``augment``
+    decodes only the window its crop needs.
     """
-    ex = tf.io.parse_single_example(serialized, records.feature_spec())
-    out = {
-        "id": ex["id"],
-        "image": tf.io.decode_jpeg(ex["image/encoded"], channels=3),
-        "tags": ex["tags/multi_hot"],
-    }
+    wanted = ["id", "image/encoded", "tags/multi_hot"] + ["saliency/encoded"] * has_saliency + \
+        ["mask/encoded"] * has_mask
+    spec = records.feature_spec()
+    ex = tf.io.parse_single_example(serialized, {k: spec[k] for k in wanted})  # skip unused bytes
+    out = {"id": ex["id"], "tags": ex["tags/multi_hot"]}
+    if decode_image:
+        out["image"] = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
+    else:
+        out["jpeg"] = ex["image/encoded"]
     if has_saliency:
         out["saliency"] = tf.io.decode_png(ex["saliency/encoded"], channels=1)[..., 0]
     if has_mask:
@@ -51,55 +58,132 @@ def preprocess_image(image_rgb) -> tf.Tensor:
     return bgr - tf.constant(BGR_MEAN, tf.float32)
 
 
+def network_input(crops, valid) -> tf.Tensor:
+    """Training crops as the network takes them: BGR minus the mean, padding exactly 0.
+
+    Args:
+      crops: uint8 RGB [B, crop, crop, 3] from ``augment`` (batched).
+      valid: int32 [B, 2], the rows and columns of each crop holding image content
+        (the rest is padding, which spec 1 fills with the mean: 0 after subtraction).
+    Runs inside the compiled train step, so on a GPU it costs the input pipeline nothing.
+    """
+    x = preprocess_image(crops)
+    rows = tf.range(tf.shape(x)[1])[None, :, None] < valid[:, 0, None, None]
+    cols = tf.range(tf.shape(x)[2])[None, None, :] < valid[:, 1, None, None]
+    return x * tf.cast(rows & cols, x.dtype)[..., None]
+
+
 # ----------------------------------------------------------------------------- augment
+def crop_geometry(shape, u, cfg):
+    """Where a training crop comes from, in the source image's own pixels.
+
+    Spec 1 scales the image by s ~ U[min_scale, max_scale), flips, pads to at least
+    crop x crop and takes a random crop. The same crop is cut here straight from the
+    source: per axis a window of round(crop / s) pixels at a uniform offset, resized to
+    crop; or, where the scaled axis is shorter than the crop, the whole axis resized to
+    round(size * s) and padded. Nothing outside the crop is decoded or interpolated.
+
+    Args: shape int32 [2] (height, width); u float32 [4] uniforms in [0, 1) (scale, flip,
+      y, x); cfg.
+    Returns (offset [2], window [2], out [2], flip []) tensors.
+    """
+    crop = cfg.crop_size
+    shape = tf.cast(shape, tf.int32)
+    if not cfg.augment:
+        window = tf.minimum(shape, crop)
+        return tf.zeros([2], tf.int32), window, window, tf.constant(False)
+    scale = cfg.min_scale + u[0] * (cfg.max_scale - cfg.min_scale)
+    window = tf.cast(tf.round(crop / scale), tf.int32)
+    inside = window < shape                          # the crop lies inside the scaled image
+    scaled = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
+    offset = tf.cast(u[2:] * tf.cast(shape - window + 1, tf.float32), tf.int32)
+    offset = tf.where(inside, tf.minimum(offset, shape - window), 0)
+    out = tf.where(inside, crop, tf.clip_by_value(scaled, 1, crop))
+    flip = tf.logical_and(tf.constant(cfg.flip), u[1] < 0.5)
+    return offset, tf.where(inside, window, shape), out, flip
+
+
+def _cv2():
+    """OpenCV, single-threaded: tf.data already runs one call per core."""
+    import cv2
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    return cv2
+
+
+def _resize_flip_pad(image, maps, out, flip, crop, pad_values):
+    """NumPy/OpenCV body of ``augment``: resize the windows to ``out``, flip, pad to crop."""
+    import numpy as np
+    cv2 = _cv2()
+    out_h, out_w = int(out[0]), int(out[1])
+    content = (slice(0, out_h), slice(0, out_w))
+
+    def place(source, interpolation, dest):
+        target = dest[content]
+        if source.shape[:2] != (out_h, out_w):
+            # Half-pixel centres, like tf.image.resize; fixed point on uint8; written
+            # straight into the padded output unless it still has to be flipped.
+            resized = cv2.resize(source, (out_w, out_h), dst=None if flip else target,
+                                 interpolation=interpolation)
+            if not flip and np.shares_memory(resized, target):
+                return
+            source = resized
+        source = source.reshape(target.shape)
+        if flip:
+            cv2.flip(source, 1, dst=target)  # (numpy's [:, ::-1] copy is 30x slower)
+        else:
+            target[...] = source
+
+    out_image = np.zeros((crop, crop, 3), np.uint8)
+    place(image, cv2.INTER_LINEAR, out_image)
+    out_maps = np.empty((crop, crop, maps.shape[-1]), np.uint8)
+    out_maps[:] = pad_values
+    if maps.shape[-1]:
+        # Nearest with half-pixel centres: the image's sampling grid.
+        place(maps, cv2.INTER_NEAREST_EXACT, out_maps)
+    return out_image, out_maps
+
+
 def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
     """Random scale, flip, pad and crop to cfg.crop_size, identical for image and maps.
 
     Args:
-      example: output of ``decode`` (+ "cue"), full-size uint8 tensors.
+      example: output of ``decode`` (+ "cue"): full-size uint8 tensors, the image either
+        decoded ("image") or still encoded ("jpeg"; then only the crop's window is decoded).
       cfg: a Config (crop_size, min_scale, max_scale, flip, augment).
-      seed: int32 [2] stateless seed; different per rank and per example.
+      seed: int [2] stateless seed; different per rank and per example.
       maps: per-pixel map keys to carry along (those present in ``example``).
-    Returns a dict with image [crop, crop, 3] float32 (preprocessed), each map
-    [crop, crop] uint8, tags and id.
+    Returns a dict with image [crop, crop, 3] uint8 RGB (``network_input`` turns a batch of
+    them into the network's input), valid int32 [2] (rows, columns of image content; the
+    rest is padding), each map [crop, crop] uint8 padded with its PAD_VALUES entry, tags, id.
     """
     maps = [k for k in maps if k in example]
     crop = cfg.crop_size
-    image = preprocess_image(example["image"])                        # [H, W, 3]
-    stacked = tf.stack([tf.cast(example[k], tf.int32) for k in maps], axis=-1) if maps else None
-    shape = tf.shape(image)[:2]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    if cfg.augment:
-        scale = tf.random.stateless_uniform([], seeds[0], cfg.min_scale, cfg.max_scale)
-        size = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
-        image = tf.image.resize(image, size, method="bilinear")
-        if maps:
-            stacked = tf.image.resize(stacked, size, method="nearest")
-        if cfg.flip:
-            do_flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-            image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
-            if maps:
-                stacked = tf.cond(do_flip, lambda: tf.reverse(stacked, [1]), lambda: stacked)
-        shape = tf.shape(image)[:2]
-    # Pad to at least crop x crop: image with the mean (0 after subtraction), maps with
-    # their own pad value (255 = ignore for labels).
-    target = tf.maximum(shape, crop)
-    paddings = [[0, target[0] - shape[0]], [0, target[1] - shape[1]]]
-    image = tf.pad(image, paddings + [[0, 0]])
-    if maps:
-        pad_vals = tf.constant([PAD_VALUES.get(k, IGNORE_LABEL) for k in maps], tf.int32)
-        stacked = tf.pad(stacked - pad_vals, paddings + [[0, 0]]) + pad_vals
-    if cfg.augment:
-        limit = target - crop + 1
-        y = tf.random.stateless_uniform([], seeds[2], 0, limit[0], dtype=tf.int32)
-        x = tf.random.stateless_uniform([], seeds[3], 0, limit[1], dtype=tf.int32)
+    u = tf.random.stateless_uniform([4], seed)
+    if "image" in example:
+        shape = tf.shape(example["image"])[:2]
     else:
-        y = x = 0
-    out = {"id": example["id"], "tags": example["tags"],
-           "image": tf.ensure_shape(image[y:y + crop, x:x + crop], [crop, crop, 3])}
+        shape = tf.io.extract_jpeg_shape(example["jpeg"])[:2]
+    offset, window, out, flip = crop_geometry(shape, u, cfg)
+    if "image" in example:
+        image = tf.slice(example["image"], tf.concat([offset, [0]], 0), tf.concat([window, [3]], 0))
+    else:
+        image = tf.io.decode_and_crop_jpeg(example["jpeg"], tf.concat([offset, window], 0), channels=3)
+    if maps:
+        stacked = tf.stack([example[k] for k in maps], axis=-1)
+        stacked = tf.slice(stacked, tf.concat([offset, [0]], 0), tf.concat([window, [len(maps)]], 0))
+    else:
+        stacked = tf.zeros([0, 0, 0], tf.uint8)
+    pad_values = [PAD_VALUES.get(k, IGNORE_LABEL) for k in maps]
+    image, out_maps = tf.numpy_function(
+        lambda i, m, o, f: _resize_flip_pad(i, m, o, f, crop, pad_values),
+        [image, stacked, out, flip], [tf.uint8, tf.uint8], stateful=False)
+    out_maps = tf.ensure_shape(out_maps, [crop, crop, len(maps)])
+    result = {"id": example["id"], "tags": example["tags"], "valid": out,
+              "image": tf.ensure_shape(image, [crop, crop, 3])}
     for i, key in enumerate(maps):
-        out[key] = tf.ensure_shape(tf.cast(stacked[y:y + crop, x:x + crop, i], tf.uint8), [crop, crop])
-    return out
+        result[key] = out_maps[..., i]
+    return result
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -152,12 +236,12 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
     def parse(index, element):
         if cue_dir:
             serialized, cue_serialized = element
-            example = decode(serialized, has_saliency=False, has_mask=has_mask)
+            example = decode(serialized, has_saliency=False, has_mask=has_mask, decode_image=False)
             cue = decode_cue(cue_serialized)
             tf.debugging.assert_equal(example["id"], cue["id"], "image and cue shards disagree")
             example["cue"] = cue["cue"]
         else:
-            example = decode(element, has_saliency=False, has_mask=has_mask)
+            example = decode(element, has_saliency=False, has_mask=has_mask, decode_image=False)
         out = augment(example, cfg, tf.stack([tf.cast(seed, tf.int64), index]), maps=("cue",))
         return out
 

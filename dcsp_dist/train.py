@@ -60,12 +60,13 @@ def _visualise(model, batch):
     """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes."""
     import numpy as np
     import tensorflow as tf
-    from dcsp_dist.voc import BGR_MEAN, color_map
+    from dcsp_dist import data
+    from dcsp_dist.voc import color_map
 
     cmap = color_map()
-    image = (batch["image"][0].numpy() + np.array(BGR_MEAN))[..., ::-1].clip(0, 255).astype(np.uint8)
+    image = batch["image"][0].numpy()
     crop = image.shape[0]
-    out = model(batch["image"][:1], training=False)
+    out = model(data.network_input(batch["image"][:1], batch["valid"][:1]), training=False)
 
     def up(x, nearest=True):
         return tf.image.resize(x[None, ..., None] if x.ndim == 2 else x[None], (crop, crop),
@@ -122,7 +123,7 @@ class StageTrainer:
 
     def _make_step(self):
         import tensorflow as tf
-        from dcsp_dist import distributed, losses
+        from dcsp_dist import data, distributed, losses
 
         cfg, model, optimizer = self.cfg, self.model, self.optimizer
         variables, multipliers, kernels = self.variables, self.multipliers, self.kernels
@@ -133,7 +134,7 @@ class StageTrainer:
         def local_step(batch):
             """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
             with tf.GradientTape() as tape:
-                out = model(batch["image"], training=False)
+                out = model(data.network_input(batch["image"], batch["valid"]), training=False)
                 cls = losses.classification_loss(out["attention"], batch["tags"])
                 seg = losses.segmentation_loss(out["segmentation"], batch["cue"]) if use_segmentation else 0.0
                 l2 = losses.l2_loss(kernels, cfg.weight_decay)

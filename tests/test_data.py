@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_tools import build, sources, verify
 from dcsp_dist import config, data, records
+from dcsp_dist.voc import BGR_MEAN
 
 CFG = config.make_config("tiny_test")
 
@@ -157,22 +158,73 @@ def test_augment_keeps_image_and_maps_aligned():
     colours = np.random.default_rng(0).integers(0, 256, (labels.max() + 1, 3)).astype(np.uint8)
     example = {"id": tf.constant("x"), "image": tf.constant(colours[labels]), "tags": tf.zeros([20]),
                "cue": tf.constant(labels), "mask": tf.constant(labels)}
-    cfg = config.make_config("tiny_test", {"crop_size": "80", "min_scale": "0.9", "max_scale": "1.4"})
-    for i in range(6):
+    cfg = config.make_config("tiny_test", {"crop_size": "80", "min_scale": "0.7", "max_scale": "1.4"})
+    padded = flipped = 0
+    for i in range(12):
         out = data.augment(example, cfg, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
-        image = out["image"].numpy() + np.array([104.00698793, 116.66876762, 122.67891434])
-        rgb = image[..., ::-1]
+        rgb = out["image"].numpy().astype(np.float64)
         cue = out["cue"].numpy()
         np.testing.assert_array_equal(cue, out["mask"].numpy())
+        alone = data.augment(example, cfg, tf.constant([7, i], tf.int64), maps=("cue",))  # one map
+        np.testing.assert_array_equal(cue, alone["cue"].numpy())
         inside = cue != 255
         # Where the label is known, the pixel's colour is that label's colour (away from
         # bilinear blending at block edges): check the majority of pixels.
         err = np.abs(rgb[inside] - colours[cue[inside]]).max(axis=-1)
         assert np.mean(err < 2) > 0.85
-        # Padding: image 0 after mean subtraction, labels 255.
-        pad = ~inside
-        if pad.any():
-            assert np.abs(out["image"].numpy()[pad]).max() < 1e-4
+        # Content sits in the top-left valid[0] x valid[1] rectangle, padding elsewhere.
+        rows, cols = out["valid"].numpy()
+        np.testing.assert_array_equal(inside, (np.arange(80)[:, None] < rows) & (np.arange(80)[None, :] < cols))
+        assert (out["image"].numpy()[~inside] == 0).all()
+        padded += int(not inside.all())
+        # A flip shows as the column blocks in reverse order (label % 3 falls along a row).
+        row = cue[0, :cols] % 3
+        flipped += int(row[0] > row[-1])
+        # The network input: BGR minus the Caffe mean, padding exactly 0 (spec 1).
+        x = data.network_input(out["image"][None], out["valid"][None])[0].numpy()
+        assert (x[~inside] == 0).all()
+        np.testing.assert_allclose(x[inside], rgb[inside][:, ::-1] - np.array(BGR_MEAN), atol=1e-4)
+    assert 0 < padded < 12 and 0 < flipped < 12
+
+
+def test_crop_geometry_matches_the_spec_scales():
+    """Crops come from windows of crop/s source pixels: scale s ~ U[min, max), whole axis if smaller."""
+    cfg = config.make_config("voc_paper")  # crop 321, scale [0.5, 1.5)
+    rng = np.random.default_rng(0)
+    scales = []
+    for u in rng.random((500, 4)).astype(np.float32):
+        offset, window, out, _ = (t.numpy() for t in data.crop_geometry(tf.constant([375, 500]), u, cfg))
+        s = 0.5 + u[0]
+        for size, off, win, o in zip((375, 500), offset, window, out):
+            assert 0 <= off <= size - win
+            if win < size:  # the crop lies inside the scaled image: a window of ~321/s pixels
+                assert o == 321 and abs(321 / win - s) < 0.01 and size * s > 320
+            else:           # the whole axis, scaled by s, padded if shorter than the crop
+                assert o == min(321, round(size * s)) and size * s < 322
+        scales.append(out[1] / window[1])
+    assert abs(np.mean(scales) - 1.0) < 0.03 and min(scales) < 0.52 and max(scales) > 1.48
+    off = config.make_config("voc_paper", {"augment": "false"})
+    offset, window, out, flip = data.crop_geometry(tf.constant([375, 500]), tf.fill([4], 0.9), off)
+    assert list(offset.numpy()) == [0, 0] and list(window.numpy()) == list(out.numpy()) == [321, 321]
+    assert not flip.numpy()
+
+
+def test_crop_decode_equals_full_decode(synth_records):
+    """Training decodes only each crop's window of the JPEG; the crops match full decoding."""
+    manifest = records.read_manifest(str(synth_records), "train")
+    files = records.shard_files(str(synth_records), manifest)
+    cfg = config.make_config("tiny_test", {"crop_size": "48", "min_scale": "0.6", "max_scale": "1.5"})
+    for i, s in enumerate(tf.data.TFRecordDataset(files[:1]).take(6)):
+        seed = tf.constant([3, i], tf.int64)
+        full = data.augment(data.decode(s, True, False), cfg, seed, maps=("saliency",))
+        lazy = data.augment(data.decode(s, True, False, decode_image=False), cfg, seed, maps=("saliency",))
+        np.testing.assert_array_equal(full["valid"].numpy(), lazy["valid"].numpy())
+        np.testing.assert_array_equal(full["saliency"].numpy(), lazy["saliency"].numpy())
+        # libjpeg upsamples chroma without the neighbours outside the window, so the
+        # window's outermost pixels may differ a little; everything inside is equal.
+        diff = np.abs(full["image"].numpy().astype(int) - lazy["image"].numpy().astype(int)).max(-1)
+        rows, cols = full["valid"].numpy()
+        assert diff[2:rows - 2, 2:cols - 2].max() <= 1 and diff.mean() < 0.5
 
 
 def test_eager_and_tf_data_agree(synth_records):

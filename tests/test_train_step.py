@@ -12,7 +12,9 @@ def _batch(cfg, n=2):
     rng = np.random.default_rng(0)
     tags = np.zeros((n, 20), np.float32)
     tags[:, [0, 7]] = 1
-    return {"image": tf.constant(rng.normal(0, 40, (n, cfg.crop_size, cfg.crop_size, 3)), tf.float32),
+    crop = cfg.crop_size
+    return {"image": tf.constant(rng.integers(0, 256, (n, crop, crop, 3)), tf.uint8),
+            "valid": tf.constant([[crop, crop], [crop - 5, crop - 9]][:n] + [[crop, crop]] * (n - 2), tf.int32),
             "tags": tf.constant(tags),
             "cue": tf.constant(rng.choice([0, 1, 8, 255], (n, cfg.crop_size, cfg.crop_size)), tf.uint8)}
 

@@ -39,7 +39,7 @@ distributed.broadcast_state(trainer.model, trainer.optimizer)
 for step in range(args.steps):
     rows = examples[step * args.global_batch:(step + 1) * args.global_batch]
     rows = rows[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
-    batch = {k: tf.stack([r[k] for r in rows]) for k in ("image", "tags", "cue")}
+    batch = {k: tf.stack([r[k] for r in rows]) for k in ("image", "valid", "tags", "cue")}
     losses = trainer.step(batch).numpy()
     print(f"rank {ctx.rank} step {step + 1}: losses {losses}", flush=True)
 os.makedirs(args.out, exist_ok=True)
