@@ -95,7 +95,7 @@ def evaluate(args, ctx) -> dict | None:
     out = args.out or default_out(args.checkpoint, args.split)
     os.makedirs(out, exist_ok=True)
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
-               "crf": crf is not None, "scales": list(scales), "miou": result["miou"],
+               "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales), "miou": result["miou"],
                "pixel_accuracy": result["pixel_accuracy"],
                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result["iou"])},
                "confusion_matrix": matrix.tolist(), "seconds": round(seconds, 2),

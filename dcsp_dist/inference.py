@@ -122,10 +122,22 @@ def add_job_arguments(parser, default_split: str) -> None:
     parser.add_argument("--split", default=default_split)
     parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
     parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
-    parser.add_argument("--crf-workers", type=int, default=1,
-                        help="CRF worker processes per rank, overlapped with the network (0: sequential)")
+    parser.add_argument("--crf-workers", type=int, default=None,
+                        help="CRF worker processes per rank, overlapped with the network (0: sequential; "
+                             "default: this rank's share of the node's cores, at least 1)")
     parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+
+
+def default_crf_workers(local_size: int) -> int:
+    """CRF processes per rank: the rank's share of this node's cores.
+
+    The CRF (~1 s of CPU per VOC image) outweighs the network's CPU work (small on a GPU,
+    and on a CPU the network waits for the CRF anyway), so every core gets a CRF process.
+    """
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_size))
 
 
 def parse_scales(text: str | None, default) -> tuple:
@@ -149,6 +161,8 @@ class Job:
         from dcsp_dist import data, records
         from dcsp_dist.crf import CRFParams
 
+        if args.crf_workers is not None and args.crf_workers < 0:
+            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
         self.manifest = records.read_manifest(args.data, args.split)
         self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
                                             what=f"{args.data} split {args.split}")
@@ -162,7 +176,7 @@ class Job:
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
-        self.workers = args.crf_workers
+        self.workers = default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 
     def results(self):
         """(example, label) for this rank's images, with the network/CRF overlap."""

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from dcsp_dist import crf, metrics
+from dcsp_dist import crf, inference, metrics
 
 
 def test_confusion_and_miou_match_independent_reference():
@@ -49,3 +49,11 @@ def test_crf_sharpens_blurred_probabilities_on_real_voc_image(voc_sample):
     before = miou(np.argmax(probs, -1))
     after = miou(crf.dense_crf(image, probs, crf.CRFParams()))
     assert after > before + 0.01, (before, after)
+
+
+def test_default_crf_workers_give_each_core_of_a_rank_a_crf_process():
+    import os
+    cores = len(os.sched_getaffinity(0))
+    assert inference.default_crf_workers(1) == cores
+    assert inference.default_crf_workers(cores) == 1          # one core per rank: still overlap
+    assert inference.default_crf_workers(4 * cores) == 1      # oversubscribed: at least one

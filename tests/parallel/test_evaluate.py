@@ -74,7 +74,7 @@ def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, 
     assert matrix.tolist() == result["confusion_matrix"]
 
 
-@pytest.mark.parametrize("case", ["missing", "classes", "nomask"])
+@pytest.mark.parametrize("case", ["missing", "classes", "nomask", "workers"])
 def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tmp_path, case):
     workdir, _ = tiny_run
     checkpoint, split = str(workdir), "val"
@@ -101,10 +101,11 @@ def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tm
         synth = data
     proc = run_python("-m", "dcsp_dist.evaluate", "--checkpoint", checkpoint,
                       "--data", str(synth if case == "nomask" else synth_records), "--split", split,
-                      "--out", str(tmp_path / "out"), check=False)
+                      "--out", str(tmp_path / "out"), *(["--crf-workers", "-1"] if case == "workers" else []),
+                      check=False)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
     needle = {"missing": "no such run directory or checkpoint", "classes": "does not fit a 5-class",
-              "nomask": "has no masks"}[case]
+              "nomask": "has no masks", "workers": "--crf-workers -1: expected 0"}[case]
     assert needle in errors[0]
     assert not (tmp_path / "out").exists()
