@@ -160,12 +160,10 @@ def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
     maps = [k for k in maps if k in example]
     crop = cfg.crop_size
     u = tf.random.stateless_uniform([4], seed)
-    if "image" in example:
-        shape = tf.shape(example["image"])[:2]
-    else:
-        shape = tf.io.extract_jpeg_shape(example["jpeg"])[:2]
+    decoded = "image" in example
+    shape = tf.shape(example["image"])[:2] if decoded else tf.io.extract_jpeg_shape(example["jpeg"])[:2]
     offset, window, out, flip = crop_geometry(shape, u, cfg)
-    if "image" in example:
+    if decoded:
         image = tf.slice(example["image"], tf.concat([offset, [0]], 0), tf.concat([window, [3]], 0))
     else:
         image = tf.io.decode_and_crop_jpeg(example["jpeg"], tf.concat([offset, window], 0), channels=3)

@@ -37,6 +37,12 @@ class Context:
 _CONTEXT: Context | None = None
 
 
+def cores_per_rank(local_size: int) -> int:
+    """This process's usable cores (its CPU affinity) shared among the node's ranks, >= 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_size))
+
+
 def init(intra_threads: int | None = None, inter_threads: int | None = None) -> Context:
     """Initialise Horovod, pin one GPU per process and size CPU thread pools per rank.
 
@@ -64,10 +70,9 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None) -> 
     if gpus:
         tf.config.set_visible_devices(gpus[ctx.local_rank % len(gpus)], "GPU")
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     env_threads = os.environ.get("DCSP_THREADS")
     if intra_threads is None:
-        intra_threads = int(env_threads) if env_threads else max(1, (cores or 1) // ctx.local_size)
+        intra_threads = int(env_threads) if env_threads else cores_per_rank(ctx.local_size)
     if inter_threads is None:
         inter_threads = 1 if intra_threads == 1 else 2
     try:

@@ -135,9 +135,8 @@ def default_crf_workers(local_size: int) -> int:
     The CRF (~1 s of CPU per VOC image) outweighs the network's CPU work (small on a GPU,
     and on a CPU the network waits for the CRF anyway), so every core gets a CRF process.
     """
-    import os
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_size))
+    from dcsp_dist.distributed import cores_per_rank
+    return cores_per_rank(local_size)
 
 
 def parse_scales(text: str | None, default) -> tuple:
