@@ -6,7 +6,7 @@ GPU       ?= 0
 NP        ?= 2
 DEMO_DIR  ?= demo_run
 
-.PHONY: setup test test-unit test-parallel demo clean benchmarks
+.PHONY: setup test test-unit test-parallel demo clean benchmarks check-gpu-build image
 
 setup:
 	@GPU=$(GPU) bash scripts/setup.sh
@@ -22,6 +22,16 @@ test-parallel: setup
 
 demo: setup
 	NP=$(NP) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
+
+# Horovod's GPU (NCCL) build against TF 2.21, compiled, linked and loaded without a GPU.
+check-gpu-build:
+	bash scripts/check_gpu_build.sh
+
+# The cluster image (Dockerfile): needs a Docker engine.
+IMAGE ?= dcsp_dist:gpu
+image:
+	@command -v docker >/dev/null || { echo "make image: docker is not installed; build the Dockerfile where Docker runs" >&2; exit 1; }
+	docker build -t $(IMAGE) .
 
 benchmarks: setup
 	bash benchmarks/run_all.sh

@@ -55,7 +55,7 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
-    probs = tf.nn.softmax(make_multiscale_fn(model, cfg.eval_scales, "segmentation")(tf.constant(image))).numpy()
+    probs = tf.nn.softmax(make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)(tf.constant(image))).numpy()
     params = CRFParams.from_config(cfg)
 
     def bare():
@@ -108,7 +108,7 @@ def overlap_timing(checkpoint, data, rounds):
     model, cfg, _ = load_for_inference(checkpoint)
     params = CRFParams.from_config(cfg)
     dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
-    fused = make_multiscale_fn(model, cfg.eval_scales, "segmentation")
+    fused = make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)
 
     def per_image(stamps):
         return float(np.mean(np.diff(stamps)))  # from the first image's end: no start-up costs
@@ -137,7 +137,7 @@ def overlap_timing(checkpoint, data, rounds):
             return future.result()
 
     def inference(workers):
-        stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers)]
+        stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers, cfg.output_stride)]
         return per_image(stamps)
 
     modes = {"network": network, "crf": crf_alone, "crf_beside": crf_beside_network, "sequential": lambda: inference(0),

@@ -3,14 +3,17 @@
     python -m data_tools.saliency --root VOC2012 --split-list lists/train_aug.txt
     python -m data_tools.saliency --root VOC2012 --split-list ... --model dhsnet.keras
 
-Pass 1 runs the detector on the image resized to 224x224 and resizes the map back
-(bicubic). Pixels above 0.7 are painted with the image's mean colour and pass 2 runs on
-that painted image, keeping its responses above 0.8; the result is the element-wise max
-of the two maps, so objects hidden behind the most salient one are found too.
+As the authors' gen_saliency_voc.py computes it: pass 1 runs the detector on the image
+resized to the detector's input size (DHSNet's and the default: 224x224, aspect ratio not
+kept) and resizes its map back to the image bicubically, giving s1. Pixels with s1 >= 0.7
+are painted with the fixed dataset mean colour RGB (122.68, 116.67, 104.01), and pass 2 on
+that painted image gives s2 (the most salient object hidden, the detector finds the next
+ones). The result is max(s1, s2), s2 as it is. The same two passes apply to every detector.
 
 Detectors: ``--model PATH`` (a Keras model file or a TensorFlow SavedModel directory taking
-[1, 224, 224, 3] float32 RGB in 0..255, or 0..1 with ``--model-input unit``, returning a
-[1, 224, 224(, 1)] map in [0, 1]), or the built-in ``frequency-tuned`` detector, which needs
+[1, H, W, 3] float32 RGB in 0..255, or 0..1 with ``--model-input unit``, returning a
+[1, H, W(, 1)] map in [0, 1]; H x W is read from a Keras model's input shape, else
+224x224), or the built-in ``frequency-tuned`` detector, which needs
 no model: R. Achanta, S. Hemami, F. Estrada, S. Suesstrunk, "Frequency-tuned Salient
 Region Detection", CVPR 2009 -- per pixel, the Lab distance between the Gaussian-blurred
 image and the image's mean Lab colour.
@@ -27,8 +30,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageFilter
 
-SIZE = 224
-FIRST_THRESHOLD, SECOND_THRESHOLD = 0.7, 0.8
+SIZE = (224, 224)                  # DHSNet's input (height, width); the default
+FIRST_THRESHOLD = 0.7              # pass 1: s1 >= 0.7 is painted over
+DATASET_MEAN_RGB = (122.68, 116.67, 104.01)   # the fixed VOC mean colour (Caffe mean, RGB)
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -65,6 +69,10 @@ class ModelDetector:
             import keras
             self._fn = keras.models.load_model(path, compile=False)
         self._scale = 1.0 / 255.0 if input_range == "unit" else 1.0
+        self.input_size = SIZE
+        shape = getattr(self._fn, "input_shape", None)          # Keras: (None, H, W, 3)
+        if isinstance(shape, tuple) and len(shape) == 4 and shape[1] and shape[2]:
+            self.input_size = (int(shape[1]), int(shape[2]))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         x = rgb.astype(np.float32)[None] * self._scale
@@ -76,22 +84,23 @@ class ModelDetector:
 
 
 # ----------------------------------------------------------------------------- algorithm
-def _at_224(detector, rgb: np.ndarray) -> np.ndarray:
-    """Run ``detector`` at 224x224 and resize its map back to the image (bicubic)."""
+def _at_input_size(detector, rgb: np.ndarray) -> np.ndarray:
+    """Run ``detector`` on the image resized to its input size (aspect ratio not kept) and
+    resize its map back to the image bicubically -> [H, W] in [0, 1]."""
     h, w = rgb.shape[:2]
-    small = np.asarray(Image.fromarray(rgb).resize((SIZE, SIZE), Image.BILINEAR))
-    sal = np.asarray(detector(small), np.float32)
+    size_h, size_w = getattr(detector, "input_size", SIZE)
+    small = np.asarray(Image.fromarray(rgb).resize((size_w, size_h), Image.BILINEAR))
+    sal = np.asarray(detector(small), np.float32).reshape(size_h, size_w)
     back = Image.fromarray(sal, mode="F").resize((w, h), Image.BICUBIC)
     return np.clip(np.asarray(back), 0.0, 1.0)
 
 
 def hierarchical_saliency(rgb: np.ndarray, detector=frequency_tuned) -> np.ndarray:
-    """Spec 6: two passes (0.7 / 0.8 thresholds), mean-colour painting, max fusion -> [H, W] in [0, 1]."""
-    first = _at_224(detector, rgb)
+    """Spec 6: s1, paint s1 >= 0.7 with the dataset mean colour, s2 on that, max(s1, s2)."""
+    first = _at_input_size(detector, rgb)
     painted = rgb.copy()
-    painted[first > FIRST_THRESHOLD] = rgb.reshape(-1, 3).mean(0).astype(np.uint8)
-    second = _at_224(detector, painted)
-    second = np.where(second > SECOND_THRESHOLD, second, 0.0)
+    painted[first >= FIRST_THRESHOLD] = np.round(DATASET_MEAN_RGB).astype(np.uint8)
+    second = _at_input_size(detector, painted)
     return np.maximum(first, second)
 
 

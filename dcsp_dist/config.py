@@ -15,6 +15,9 @@ from typing import Any
 from dcsp_dist.voc import NUM_CLASSES
 
 
+OBJECTIVES = ("authors_code", "paper_text")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a DCSP run. Defaults are the paper's (spec sections 1-5)."""
@@ -53,6 +56,10 @@ class Config:
     segmentation_steps: int = 10000
     adapt_segmentation_steps: int = 10000
     attention_trains_backbone: bool = False   # paper: backbone frozen (ImageNet features)
+    # Segmentation stages (spec 4.3). "authors_code" (what produced 60.8): backbone and ASPP
+    # get the segmentation loss alone, the attention head classification + L2 on its own
+    # kernel. "paper_text": segmentation + classification + L2 into everything trained.
+    segmentation_objective: str = "authors_code"
     cue_scales: tuple = (1.0, 0.75, 0.5)
     bg_threshold: float = 0.4
     # --- evaluation (spec 5) ---
@@ -71,6 +78,11 @@ class Config:
     image_summary_every: int = 500
     train_split: str = "train"
     val_split: str = "val"
+
+    def __post_init__(self):
+        if self.segmentation_objective not in OBJECTIVES:
+            raise ValueError(f"segmentation_objective must be one of {', '.join(OBJECTIVES)}, "
+                             f"not {self.segmentation_objective!r}")
 
     # ------------------------------------------------------------------
     def per_rank_batch(self, size: int) -> int:

@@ -5,15 +5,18 @@ from __future__ import annotations
 # top, and their CRF worker processes (spawned) must start without loading TensorFlow.
 
 
-def make_multiscale_fn(model, scales, key: str):
+def make_multiscale_fn(model, scales, key: str, stride: int = 8):
     """A compiled fn: uint8 RGB image [H, W, 3] -> fused ``key`` output [H, W, K] float32.
 
-    The network runs at each scale; outputs of the smaller scales are resized bilinearly to
-    the first (scale-1) output's size, fused by element-wise max, and the fused map is
-    resized bilinearly to the image size. ``key`` is "attention" or "segmentation".
+    The network runs at each scale (the image resized with pixel-centre bilinear
+    resizing); each smaller scale's output is brought onto the scale-1 output grid, the
+    maps are fused by element-wise max, and the fused map is upsampled to the image size,
+    all keeping output i on the pixel it is computed around (spec 7, ``geometry``).
+    ``key`` is "attention" or "segmentation"; ``stride`` the network's output stride.
     """
     import tensorflow as tf
 
+    from dcsp_dist import geometry
     from dcsp_dist.data import preprocess_image
 
     scales = tuple(float(s) for s in scales)
@@ -25,18 +28,19 @@ def make_multiscale_fn(model, scales, key: str):
         reference, outputs = None, []
         for scale in scales:
             if scale == 1.0:
-                scaled = x
+                scaled, ratio = x, None
             else:
                 new = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
                 scaled = tf.image.resize(x, new, method="bilinear")
+                ratio = tf.cast(new, tf.float32) / tf.cast(size, tf.float32)        # exact, per axis
             out = tf.cast(model(scaled[None], training=False)[key][0], tf.float32)  # [h_s, w_s, K]
             if reference is None:
                 reference = tf.shape(out)[:2]
             else:
-                out = tf.image.resize(out, reference, method="bilinear")
+                out = geometry.to_reference_grid(out, reference, ratio, stride)     # [h, w, K]
             outputs.append(out)
         maps = tf.reduce_max(tf.stack(outputs), axis=0)                              # [h, w, K]
-        return tf.image.resize(maps, size, method="bilinear")                        # [H, W, K]
+        return geometry.upsample(maps, size, stride)                                 # [H, W, K]
 
     return fused
 
@@ -71,7 +75,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     return model, cfg, prefix
 
 
-def run_inference(model, dataset, scales, crf_params, workers: int = 1):
+def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8):
     """Yield (example, [H, W] uint8 label map) for every example of ``dataset``.
 
     The network runs here; the CPU-bound dense CRF of an image runs in a pool of
@@ -86,7 +90,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1):
 
     from dcsp_dist.crf import crf_or_argmax
 
-    fused = make_multiscale_fn(model, scales, "segmentation")
+    fused = make_multiscale_fn(model, scales, "segmentation", stride)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)
     def probabilities(image):
@@ -179,7 +183,8 @@ class Job:
 
     def results(self):
         """(example, label) for this rank's images, with the network/CRF overlap."""
-        return run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers)
+        return run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
+                             stride=self.cfg.output_stride)
 
 
 def main_for(job_fn, args) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dcsp_dist.geometry import labels_at_outputs
 from dcsp_dist.voc import IGNORE_LABEL
 
 
@@ -15,15 +16,11 @@ def classification_loss(attention, tags):
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tags, logits=pooled))
 
 
-def resize_labels(labels, size):
-    """Nearest-neighbour resize of uint8 label maps [B, H, W] to ``size`` (h, w)."""
-    return tf.image.resize(labels[..., None], size, method="nearest")[..., 0]
-
-
-def segmentation_loss(logits, cues):
-    """Softmax cross-entropy of logits [B, h, w, C] against cues [B, H, W] (resized
-    nearest to h x w), mean over pixels whose label is not 255."""
-    labels = tf.cast(resize_labels(cues, tf.shape(logits)[1:3]), tf.int32)   # [B, h, w]
+def segmentation_loss(logits, cues, stride: int = 8):
+    """Softmax cross-entropy of logits [B, h, w, C] against cues [B, H, W], mean over
+    pixels whose label is not 255. Output i is scored against the label of pixel
+    stride * i, the pixel it is computed around (spec 7)."""
+    labels = tf.cast(labels_at_outputs(cues, stride), tf.int32)                # [B, h, w]
     valid = tf.not_equal(labels, IGNORE_LABEL)
     safe = tf.where(valid, labels, 0)
     per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)

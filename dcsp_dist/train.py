@@ -56,32 +56,31 @@ def _stage_checkpoint(workdir: str, stage: str) -> str:
     return os.path.join(layout.stage_dir(workdir, stage), info["checkpoint"])
 
 
-def _visualise(model, batch):
-    """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes."""
+def _visualise(model, batch, stride: int):
+    """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes.
+
+    The network's outputs are brought to the crop with the stride-8 geometry (spec 7), as
+    in cues and evaluation, so the strip shows what the loss and the cues see.
+    """
     import numpy as np
-    import tensorflow as tf
-    from dcsp_dist import data
+    from dcsp_dist import data, geometry
     from dcsp_dist.voc import color_map
 
     cmap = color_map()
     image = batch["image"][0].numpy()
-    crop = image.shape[0]
+    crop = image.shape[:2]
     out = model(data.network_input(batch["image"][:1], batch["valid"][:1]), training=False)
-
-    def up(x, nearest=True):
-        return tf.image.resize(x[None, ..., None] if x.ndim == 2 else x[None], (crop, crop),
-                               method="nearest" if nearest else "bilinear")[0].numpy()
+    logits = geometry.upsample(out["segmentation"][0], crop, stride).numpy()      # [crop, crop, C]
+    attention = geometry.upsample(out["attention"][0], crop, stride).numpy()      # [crop, crop, C-1]
 
     panels = [image]
     if "cue" in batch:
         panels.append(cmap[batch["cue"][0].numpy()])
-    pred = np.argmax(out["segmentation"][0].numpy(), -1).astype(np.uint8)
-    panels.append(cmap[up(pred)[..., 0]])
-    att = out["attention"][0].numpy()
+    panels.append(cmap[np.argmax(logits, -1)])
     for c in np.flatnonzero(batch["tags"][0].numpy()):
-        a = att[..., c]
+        a = attention[..., c]
         a = (a - a.min()) / (a.max() - a.min() + 1e-12)
-        panels.append(np.repeat((up(a, nearest=False) * 255).astype(np.uint8), 3, axis=-1))
+        panels.append(np.repeat((a[..., None] * 255).astype(np.uint8), 3, axis=-1))
     return np.concatenate(panels, axis=1)[None]
 
 
@@ -96,14 +95,18 @@ class StageTrainer:
     """Model, optimiser and compiled step of one training stage.
 
     The attention stage trains the new layers only (the backbone too when
-    cfg.attention_trains_backbone, for models without ImageNet features); segmentation
-    stages train everything but batch norm. Learning-rate multipliers x1/x10/x20 scale the
-    gradients of the backbone / head kernels / head biases (SGD: same as scaling the rate).
+    cfg.attention_trains_backbone, for models without ImageNet features) on classification
+    + L2. Segmentation stages train everything but batch norm, with the objective
+    cfg.segmentation_objective (spec 4.3): "authors_code" sends the segmentation loss
+    alone into backbone and ASPP and classification + L2 on its own kernel into the
+    attention head; "paper_text" sends segmentation + classification + L2 into everything.
+    Learning-rate multipliers x1/x10/x20 scale the gradients of the backbone / head kernels
+    / head biases (SGD: same as scaling the rate).
     """
 
     def __init__(self, stage: str, cfg):
         import keras
-        from dcsp_dist.models import parameter_groups
+        from dcsp_dist.models import attention_head, parameter_groups
         from dcsp_dist.schedule import PolyWithWarmup
 
         self.stage, self.cfg = stage, cfg
@@ -112,10 +115,20 @@ class StageTrainer:
         self.model = _build_model(cfg)
         groups = parameter_groups(self.model)
         train_backbone = stage != "attention" or cfg.attention_trains_backbone
-        self.variables = groups.trainable(train_backbone)
-        self.multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
+        variables = groups.trainable(train_backbone)
+        multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
             [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
-        self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
+        head = attention_head(self.model)
+        self.split_objective = self.use_segmentation and cfg.segmentation_objective == "authors_code"
+        if self.split_objective:
+            # Shared variables (backbone + ASPP) first, the attention head's last.
+            order = sorted(range(len(variables)), key=lambda i: variables[i] is head.kernel or variables[i] is head.bias)
+            variables, multipliers = [variables[i] for i in order], [multipliers[i] for i in order]
+            self.num_shared = len(variables) - 2
+            self.kernels = [head.kernel]
+        else:
+            self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
+        self.variables, self.multipliers = variables, multipliers
         self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.poly_power, cfg.warmup_steps)
         self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
         self.optimizer.build(self.variables)
@@ -127,20 +140,27 @@ class StageTrainer:
 
         cfg, model, optimizer = self.cfg, self.model, self.optimizer
         variables, multipliers, kernels = self.variables, self.multipliers, self.kernels
-        use_segmentation = self.use_segmentation
+        use_segmentation, split = self.use_segmentation, self.split_objective
+        shared, head = variables[:self.num_shared] if split else None, variables[self.num_shared:] if split else None
         loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
 
         @tf.function(jit_compile=cfg.xla)
         def local_step(batch):
             """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
-            with tf.GradientTape() as tape:
+            with tf.GradientTape(persistent=split) as tape:
                 out = model(data.network_input(batch["image"], batch["valid"]), training=False)
                 cls = losses.classification_loss(out["attention"], batch["tags"])
-                seg = losses.segmentation_loss(out["segmentation"], batch["cue"]) if use_segmentation else 0.0
+                seg = losses.segmentation_loss(out["segmentation"], batch["cue"], cfg.output_stride) \
+                    if use_segmentation else 0.0
                 l2 = losses.l2_loss(kernels, cfg.weight_decay)
                 total = cls + seg + l2
-                scaled = total * loss_scale  # static loss scaling for float16, 1 otherwise
-            grads = tape.gradient(scaled, distributed.raw_variables(variables))
+                # Static loss scaling for float16 (1 otherwise), inside the tape.
+                scaled_total, scaled_seg, scaled_head = total * loss_scale, seg * loss_scale, (cls + l2) * loss_scale
+            if split:   # spec 4.3, authors' code: each loss reaches its own layers only
+                grads = tape.gradient(scaled_seg, distributed.raw_variables(shared)) + \
+                    tape.gradient(scaled_head, distributed.raw_variables(head))
+            else:
+                grads = tape.gradient(scaled_total, distributed.raw_variables(variables))
             return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
 
         @tf.function
@@ -228,7 +248,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             tick, last_step = now, done
         if ctx.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
             with writer.as_default(step=done):
-                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch))
+                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
         if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
             manager.save(checkpoint_number=done)
     if ctx.is_chief:
@@ -273,7 +293,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
         _restore_model(model, _stage_checkpoint(workdir, source))
     distributed.broadcast_state(model)
     key = "attention" if stage == "cues" else "segmentation"
-    fused = make_multiscale_fn(model, cfg.cue_scales, key)
+    fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride)
 
     @tf.function(reduce_retracing=True)
     def make_cue(image, saliency, tags):

@@ -14,9 +14,57 @@ def _scene():
     return img, disc
 
 
+class _RedDetector:
+    """Stand-in detector: saliency = red^2 relative to the image's most red pixel (so the
+    second pass, with the most salient object painted over, finds the next ones)."""
+    input_size = (40, 56)
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, rgb):
+        self.seen.append(rgb.copy())
+        red = rgb[..., 0].astype(np.float32) ** 2
+        return red / red.max()
+
+
+def _reference_spec6(rgb, detector, size):
+    """Spec 6 written out independently in NumPy + PIL: detector at its input size
+    (aspect ratio not kept), bicubic back, paint s1 >= 0.7 with the dataset mean colour,
+    second pass, max(s1, s2) with s2 as it is."""
+    h, w = rgb.shape[:2]
+
+    def run(image):
+        small = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        out = np.asarray(detector(small), np.float32)
+        return np.clip(np.asarray(Image.fromarray(out, "F").resize((w, h), Image.BICUBIC)), 0, 1)
+
+    s1 = run(rgb)
+    painted = rgb.copy()
+    painted[s1 >= 0.7] = (123, 117, 104)       # RGB (122.68, 116.67, 104.01), rounded
+    return np.maximum(s1, run(painted))
+
+
+def test_hierarchical_saliency_matches_an_independent_reference_of_spec_6():
+    img = np.full((90, 130, 3), 40, np.uint8)
+    img[10:50, 10:60] = (250, 30, 30)          # most salient: s1 = 1, painted over
+    img[55:85, 70:120] = (200, 200, 10)        # next: s1 = 0.64 (< 0.7), s2 = 1
+    img[55:85, 5:55] = (150, 30, 30)           # third: s1 = 0.36, s2 = 0.56
+    detector = _RedDetector()
+    got = saliency.hierarchical_saliency(img, detector)
+    np.testing.assert_allclose(got, _reference_spec6(img, _RedDetector(), (40, 56)), atol=1e-6)
+    first, second = detector.seen
+    assert first.shape == second.shape == (40, 56, 3)            # the detector's input size
+    assert tuple(second[15, 15]) == (123, 117, 104)              # painted with the fixed mean colour
+    assert tuple(second[35, 45]) == (200, 200, 10)               # the next object untouched
+    # s2 is kept as it is, not thresholded: the third object's 0.56 is in the result.
+    assert 0.5 < np.median(got[60:80, 10:50]) < 0.62
+    assert np.median(got[60:80, 75:115]) > 0.95
+
+
 def test_second_pass_finds_the_object_behind_the_most_salient_one():
     img, disc = _scene()
-    first = saliency._at_224(saliency.frequency_tuned, img)
+    first = saliency._at_input_size(saliency.frequency_tuned, img)
     final = saliency.hierarchical_saliency(img)
     assert first[50, 50] > 0.7                       # the red square dominates pass 1
     assert np.median(first[disc]) < 0.7              # the disc is below the first threshold
@@ -33,11 +81,12 @@ def test_cli_writes_maps_with_a_keras_model_detector(tmp_path):
     Image.fromarray(img).save(root / "JPEGImages" / "a.jpg")
     (tmp_path / "ids.txt").write_text("a\n")
     # A stand-in saliency network: "red channel is salient".
-    inputs = keras.Input((224, 224, 3))
+    inputs = keras.Input((128, 96, 3))   # the detector's own input size, not 224
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(
         np.array([[[[0.05], [-0.05], [-0.05]]]])), bias_initializer="zeros")(inputs)
     model_path = tmp_path / "sal.keras"
     keras.Model(inputs, outputs).save(model_path)
+    assert saliency.ModelDetector(str(model_path)).input_size == (128, 96)
     assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
                           "--model", str(model_path)]) == 0
     sal = np.asarray(Image.open(root / "Saliency" / "a.png"))

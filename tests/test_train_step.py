@@ -2,6 +2,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from dcsp_dist import config, distributed
@@ -46,3 +47,63 @@ def test_attention_stage_trains_only_the_new_layers_and_multipliers_apply():
     seg = StageTrainer("segmentation", cfg)
     assert abs(float(seg.schedule(0)) - cfg.learning_rate("segmentation")) < 1e-9
     assert float(seg.schedule(seg.steps)) == 0.0
+
+
+def _shared_and_head(trainer):
+    """Backbone + ASPP weights, and the attention head's, as arrays."""
+    head = {"fc1_voc12_d0"}
+    shared = [np.asarray(v) for v in trainer.model.trainable_weights if v.path.split("/")[0] not in head]
+    attention = [np.asarray(v) for v in trainer.model.trainable_weights if v.path.split("/")[0] in head]
+    return shared, attention
+
+
+def _one_step(objective, batch):
+    cfg = config.make_config("tiny_test", {"segmentation_objective": objective})
+    trainer = StageTrainer("segmentation", cfg)
+    before = _shared_and_head(trainer)
+    trainer.step(batch)
+    return before, _shared_and_head(trainer)
+
+
+def _changed(before, after):
+    return any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_authors_code_objective_keeps_classification_and_decay_out_of_shared_layers():
+    """Spec 4.3: backbone + ASPP see the segmentation loss alone; the attention head sees
+    classification + L2 on its own kernel."""
+    distributed.init()
+    cfg = config.make_config("tiny_test")
+    assert cfg.segmentation_objective == "authors_code"
+    batch = _batch(cfg)
+    other_tags = dict(batch, tags=tf.constant(np.eye(20, dtype=np.float32)[[3, 11]]))
+    (shared0, head0), (shared_a, head_a) = _one_step("authors_code", batch)
+    _, (shared_b, head_b) = _one_step("authors_code", other_tags)
+    assert _changed(shared0, shared_a)                       # the segmentation loss trains them
+    for a, b in zip(shared_a, shared_b):                     # ... and the tags do not reach them
+        np.testing.assert_array_equal(a, b)
+    assert _changed(head_a, head_b)                          # the attention head sees the tags
+    # All cues ignored: no segmentation gradient, and no weight decay on shared layers.
+    ignored = dict(batch, cue=tf.fill(tf.shape(batch["cue"]), tf.constant(255, tf.uint8)))
+    (shared0, head0), (shared_i, head_i) = _one_step("authors_code", ignored)
+    for a, b in zip(shared0, shared_i):
+        np.testing.assert_array_equal(a, b)
+    assert _changed(head0, head_i)
+
+
+def test_paper_text_objective_sends_every_loss_everywhere():
+    distributed.init()
+    cfg = config.make_config("tiny_test")
+    batch = _batch(cfg)
+    other_tags = dict(batch, tags=tf.constant(np.eye(20, dtype=np.float32)[[3, 11]]))
+    _, (shared_a, _) = _one_step("paper_text", batch)
+    _, (shared_b, _) = _one_step("paper_text", other_tags)
+    assert _changed(shared_a, shared_b)
+    ignored = dict(batch, cue=tf.fill(tf.shape(batch["cue"]), tf.constant(255, tf.uint8)))
+    (shared0, _), (shared_i, _) = _one_step("paper_text", ignored)
+    assert _changed(shared0, shared_i)
+
+
+def test_unknown_objective_is_one_clear_error():
+    with pytest.raises(ValueError, match="segmentation_objective must be one of authors_code, paper_text"):
+        config.make_config("tiny_test", {"segmentation_objective": "both"})

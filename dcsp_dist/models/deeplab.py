@@ -51,6 +51,11 @@ def head_layers(model: keras.Model) -> list:
     return [model.get_layer(n) for n in ASPP_NAMES + (ATTENTION_NAME,)]
 
 
+def attention_head(model: keras.Model):
+    """The attention head ``fc1_voc12_d0`` (1x1 conv C -> C-1 on the ASPP logits)."""
+    return model.get_layer(ATTENTION_NAME)
+
+
 def backbone(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
 

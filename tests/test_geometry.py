@@ -1,0 +1,87 @@
+"""Stride-8 geometry (spec 7): every resize keeps output i on image pixel 8i."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dcsp_dist import config, geometry, losses
+from dcsp_dist.inference import make_multiscale_fn
+from dcsp_dist.models import build_model
+from dcsp_dist.voc import BGR_MEAN
+
+SIZES = [(113, 161), (112, 160), (117, 150), (96, 105)]   # 8k+1, 8k, odd/even mixes
+
+
+def _coordinate_model():
+    """A stand-in with the network's geometry: a 1x1 conv with stride 8 and valid padding,
+    so output i is input pixel 8i. It reads back (row, column) from a coordinate ramp
+    stored in the image's R and G channels (undoing the BGR mean subtraction)."""
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 2, 0] = 1.0   # BGR channel 2 = R = row
+    kernel[0, 0, 1, 1] = 1.0   # BGR channel 1 = G = column
+    bias = np.array([BGR_MEAN[2], BGR_MEAN[1]], np.float32)
+    image = keras.Input((None, None, 3))
+    out = keras.layers.Conv2D(2, 1, strides=8, padding="valid", kernel_initializer=keras.initializers.Constant(kernel),
+                              bias_initializer=keras.initializers.Constant(bias))(image)
+    return keras.Model(image, {"segmentation": out, "attention": out})
+
+
+def _ramp(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy, xx, np.zeros_like(yy)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_multiscale_fusion_returns_each_pixels_own_coordinate(size):
+    h, w = size
+    fused = make_multiscale_fn(_coordinate_model(), (1.0, 0.75, 0.5), "segmentation", 8)
+    coords = fused(tf.constant(_ramp(h, w))).numpy()                     # [H, W, 2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    # Interior: away from the borders, where the last output (pixel 8(n-1)) and the
+    # scaled images' edge pixels clamp the ramp.
+    inner = (slice(16, h - 16), slice(16, w - 16))
+    err_rows = np.abs(coords[..., 0] - yy)[inner]
+    err_cols = np.abs(coords[..., 1] - xx)[inner]
+    assert err_rows.mean() < 0.5 and err_cols.mean() < 0.5, (err_rows.mean(), err_cols.mean())
+    # The scale-1 map alone is exact wherever it interpolates (up to its last output).
+    single = make_multiscale_fn(_coordinate_model(), (1.0,), "segmentation", 8)(tf.constant(_ramp(h, w))).numpy()
+    last = 8 * ((h - 1) // 8), 8 * ((w - 1) // 8)
+    np.testing.assert_allclose(single[: last[0] + 1, :, 0], yy[: last[0] + 1], atol=1e-4)
+    np.testing.assert_allclose(single[:, : last[1] + 1, 1], xx[:, : last[1] + 1], atol=1e-4)
+    # Beyond the last output, the edge value (no extrapolation).
+    assert np.all(single[last[0]:, :, 0] == pytest.approx(last[0], abs=1e-4))
+
+
+def test_tf_default_resize_would_be_off():
+    """The reason for all this: half-pixel resizing puts output i at 8i + 3.5 on 8k crops."""
+    h, w = 112, 160
+    out = tf.constant(np.arange(14, dtype=np.float32)[:, None, None] * 8 * np.ones((1, 20, 1), np.float32))
+    naive = tf.image.resize(out, (h, w), method="bilinear").numpy()[..., 0]
+    exact = geometry.upsample(out, (h, w), 8).numpy()[..., 0]
+    rows = np.arange(h)[:, None] * np.ones((1, w))
+    assert abs((naive - rows)[16:-16].mean()) > 3.0
+    np.testing.assert_allclose(exact[:105], rows[:105], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_loss_labels_are_the_labels_of_pixel_8i(size):
+    h, w = size
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 21, (2, h, w)).astype(np.uint8)
+    picked = geometry.labels_at_outputs(tf.constant(labels), 8).numpy()
+    assert picked.shape == (2, -(-h // 8), -(-w // 8))
+    np.testing.assert_array_equal(picked, labels[:, ::8, ::8])
+    # The loss scores output i against exactly that label: logits that are one-hot of
+    # pixel 8i's label give ~0, the same logits against labels shifted by 4 pixels do not.
+    logits = tf.one_hot(picked, 21) * 50.0
+    assert float(losses.segmentation_loss(logits, tf.constant(labels), 8)) < 1e-6
+    shifted = np.roll(labels, 4, axis=1)
+    assert float(losses.segmentation_loss(logits, tf.constant(shifted), 8)) > 1.0
+
+
+@pytest.mark.parametrize("n", [64, 65, 112, 113, 117])
+def test_network_output_size_is_ceil_of_input_over_8(n):
+    """The real network gives ceil(N / 8) outputs, which labels_at_outputs relies on."""
+    model = build_model(config.make_config("tiny_test"))
+    out = model(tf.zeros((1, n, n + 3, 3)), training=False)["segmentation"]
+    assert tuple(out.shape[1:3]) == (-(-n // 8), -(-(n + 3) // 8))
