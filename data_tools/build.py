@@ -28,6 +28,7 @@ from tqdm import tqdm
 from data_tools.sources import ROLES, check_root_and_list, load_item, read_id_list, role_for_split
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
+from dcsp_dist.workdir import check_writable_dir
 
 DEFAULT_SHARDS = 64
 
@@ -54,6 +55,8 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     if not 1 <= num_shards <= len(unique_ids):
         raise BuildError([f"--num-shards {num_shards}: must be between 1 and the number of ids ({len(unique_ids)})"])
 
+    check_writable_dir(out, "--out")
+    created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     final = [os.path.join(out, records.shard_name(split, i, num_shards)) for i in range(num_shards)]
     tmp = [f + f".tmp-{os.getpid()}" for f in final]
@@ -95,7 +98,8 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
         for i, w in enumerate(writers):
             if w is None:  # every item of this shard was skipped: still write the file
                 tf.io.TFRecordWriter(tmp[i]).close()
-        shards = [{"file": os.path.basename(f), "num_examples": counts[i], "sha256": records.sha256_file(tmp[i])}
+        shards = [{"file": os.path.basename(f), "num_examples": counts[i], "bytes": os.path.getsize(tmp[i]),
+                   "sha256": records.sha256_file(tmp[i])}
                   for i, f in enumerate(final)]
     except BaseException:
         for w in writers:
@@ -104,6 +108,8 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
         for t in tmp:
             if os.path.exists(t):
                 os.remove(t)
+        if created and not os.listdir(out):   # nothing of a failed build is left behind
+            os.rmdir(out)
         raise
 
     manifest = {
@@ -173,6 +179,12 @@ def main(argv=None) -> int:
             print(f"bad: {line}", file=sys.stderr)
         print(f"error: {len(exc.problems)} problem(s) in split {split}; nothing written "
               f"(use --skip-bad to write the good items)", file=sys.stderr)
+        return 1
+    except ValueError as exc:   # an --out that cannot be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:      # e.g. a full disk while writing: the earlier records stay as they were
+        print(f"error: writing split {split} to {args.out} failed: {exc}; nothing was replaced", file=sys.stderr)
         return 1
     print(f"wrote {manifest['num_examples']} examples of split {split} in {manifest['num_shards']} shards "
           f"to {args.out} (saliency: {manifest['has_saliency']}, masks: {manifest['has_mask']}, "

@@ -225,8 +225,9 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
         files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     files_ds = files_ds.repeat()
     reader = _zip_with_cues if cue_dir else tf.data.TFRecordDataset
+    ordered = cfg.deterministic or not shuffle
     ds = files_ds.interleave(reader, cycle_length=min(4, len(files)), block_length=1,
-                             num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
+                             num_parallel_calls=AUTOTUNE, deterministic=ordered)
     if shuffle:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
     has_mask = False
@@ -243,7 +244,7 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
         out = augment(example, cfg, tf.stack([tf.cast(seed, tf.int64), index]), maps=("cue",))
         return out
 
-    ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
+    ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)
     return ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -43,7 +43,8 @@ def cores_per_rank(local_size: int) -> int:
     return max(1, cores // max(1, local_size))
 
 
-def init(intra_threads: int | None = None, inter_threads: int | None = None) -> Context:
+def init(intra_threads: int | None = None, inter_threads: int | None = None,
+         deterministic: bool = False) -> Context:
     """Initialise Horovod, pin one GPU per process and size CPU thread pools per rank.
 
     Args:
@@ -51,6 +52,7 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None) -> 
         cores divided by the ranks on this node, so N ranks on N cores do not
         oversubscribe. ``DCSP_THREADS`` overrides it.
       inter_threads: inter-op threads; default 2 (1 when a rank has a single core).
+      deterministic: TensorFlow's op determinism (same inputs and seed, same results).
     Must be called before TensorFlow runs its first op.
     """
     global _CONTEXT
@@ -80,6 +82,8 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None) -> 
         tf.config.threading.set_inter_op_parallelism_threads(inter_threads)
     except RuntimeError:
         pass  # TensorFlow already initialised (e.g. a test imported it first): keep its pools
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     _CONTEXT = ctx
     return ctx
 
@@ -179,6 +183,25 @@ def check_same_everywhere(value: str, what: str) -> None:
     if len(set(values)) != 1:
         detail = ", ".join(f"rank {i}: {v}" for i, v in enumerate(values))
         raise RuntimeError(f"ranks disagree on {what} ({detail}); launch every rank with the same flags")
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """True for the error a rank gets in a collective after another rank has failed."""
+    return "Horovod has been shut down" in str(exc)
+
+
+def check_on_every_rank(check, error_type=ValueError) -> None:
+    """Run this rank's ``check()``; if it raises ``error_type`` on any rank, raise the
+    first rank's error on every rank, so one rank's bad input stops all of them at once
+    instead of leaving the others waiting in a collective."""
+    try:
+        check()
+        problem = None
+    except error_type as exc:
+        problem = str(exc)
+    problem = next((p for p in allgather_object(problem) if p), None)
+    if problem:
+        raise error_type(problem)
 
 
 def allreduce_mean_tensor(tensor: tf.Tensor) -> tf.Tensor:

@@ -63,41 +63,49 @@ def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
 def evaluate(args, ctx) -> dict | None:
     import numpy as np
     import tensorflow as tf
-    from tqdm import tqdm
 
     from dcsp_dist import distributed, metrics
     from dcsp_dist import workdir as layout
+    from dcsp_dist.progress import progress
 
-    job = Job(args, ctx, need_mask=True)   # every check happens here, before any work
+    out = args.out or default_out(args.checkpoint, args.split)
+    job = Job(args, ctx, need_mask=True, out_dir=out)   # every check happens here, before any work
     cfg, crf, scales, prefix, manifest = job.cfg, job.crf, job.scales, job.checkpoint, job.manifest
 
     # ---- per-rank inference, then one reduction -------------------------------------------
-    matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    # Two matrices: the labels (CRF's when on) and the network's own argmax, so every
+    # evaluation with CRF also says what the CRF adds.
+    matrices = np.zeros((2, cfg.num_classes, cfg.num_classes), np.int64)
     count, start = 0, time.time()
-    bar = tqdm(total=job.num_images, desc=f"eval {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
-    for ex, label in job.results():
-        matrix += metrics.confusion_matrix(ex["mask"].numpy(), label, cfg.num_classes)
+    bar = progress(job.num_images, f"eval {args.split} (rank 0)", enabled=ctx.is_chief)
+    for ex, label, argmax in job.results():
+        mask = ex["mask"].numpy()
+        matrices[0] += metrics.confusion_matrix(mask, label, cfg.num_classes)
+        matrices[1] += metrics.confusion_matrix(mask, argmax, cfg.num_classes)
         count += 1
         bar.update(1)
     bar.close()
     seconds = time.time() - start
-    matrix = distributed.allreduce_sum(matrix)
+    matrix, network_matrix = distributed.allreduce_sum(matrices)
     images = int(distributed.allreduce_sum(np.array([count], np.int64))[0])
     if not ctx.is_chief:
         return None
 
     # ---- report on rank 0 -------------------------------------------------------------------
-    result = metrics.scores(matrix)
+    result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names = manifest["class_names"]
     title = (f"{args.split}: {images} images, {ctx.size} rank(s), CRF {'off' if crf is None else 'on'}, "
              f"scales {','.join(map(str, scales))}, checkpoint {prefix}")
     distributed.log(metrics.format_table(result, names, title))
-    out = args.out or default_out(args.checkpoint, args.split)
+    if crf is not None:
+        distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
     os.makedirs(out, exist_ok=True)
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
                "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales), "miou": result["miou"],
                "pixel_accuracy": result["pixel_accuracy"],
                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result["iou"])},
+               "miou_without_crf": network["miou"],
+               "iou_without_crf": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, network["iou"])},
                "confusion_matrix": matrix.tolist(), "seconds": round(seconds, 2),
                "images_per_sec": round(images / max(seconds, 1e-9), 3)}
     layout.write_json(os.path.join(out, "results.json"), summary)

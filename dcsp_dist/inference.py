@@ -55,6 +55,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
 
     import tensorflow as tf
 
+    from dcsp_dist import checkpoints
     from dcsp_dist import config as config_lib
     from dcsp_dist import workdir as layout
     from dcsp_dist.models import build_model
@@ -66,6 +67,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
         cfg = config_lib.make_config(preset)
     else:
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no config.json beside {prefix}; pass --config PRESET")
+    checkpoints.check(prefix)
     model = build_model(cfg)
     try:
         tf.train.Checkpoint(model=model).read(prefix).expect_partial().assert_existing_objects_matched()
@@ -76,7 +78,8 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
 
 
 def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8):
-    """Yield (example, [H, W] uint8 label map) for every example of ``dataset``.
+    """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
+    example of ``dataset`` (the label map is the CRF's, or the argmax without CRF).
 
     The network runs here; the CPU-bound dense CRF of an image runs in a pool of
     ``workers`` processes while the network computes the next images (``workers=0``:
@@ -98,22 +101,22 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     if workers <= 0:
         for ex in dataset:
-            image = ex["image"].numpy()
-            yield ex, crf_or_argmax(image, probabilities(ex["image"]).numpy(), crf_params)
+            probs = probabilities(ex["image"]).numpy()
+            yield ex, crf_or_argmax(ex["image"].numpy(), probs, crf_params), probs.argmax(-1).astype("uint8")
         return
     pending = collections.deque()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         for ex in dataset:
-            image = ex["image"].numpy()
             probs = probabilities(ex["image"]).numpy()
-            pending.append((ex, pool.submit(crf_or_argmax, image, probs, crf_params)))
+            future = pool.submit(crf_or_argmax, ex["image"].numpy(), probs, crf_params)
+            pending.append((ex, future, probs.argmax(-1).astype("uint8")))
             while len(pending) > 2 * workers:   # bounded look-ahead keeps memory flat
-                done_ex, future = pending.popleft()
-                yield done_ex, future.result()
+                done_ex, future, argmax = pending.popleft()
+                yield done_ex, future.result(), argmax
         while pending:
-            done_ex, future = pending.popleft()
-            yield done_ex, future.result()
+            done_ex, future, argmax = pending.popleft()
+            yield done_ex, future.result(), argmax
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -131,6 +134,8 @@ def add_job_arguments(parser, default_split: str) -> None:
                              "default: this rank's share of the node's cores, at least 1)")
     parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="check every shard's sha256 and record count first (default: existence and size)")
 
 
 def default_crf_workers(local_size: int) -> int:
@@ -158,17 +163,24 @@ def parse_scales(text: str | None, default) -> tuple:
 class Job:
     """What one rank needs to run inference over its shards, checked before any work."""
 
-    def __init__(self, args, ctx, need_mask: bool):
+    def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None):
         import os
 
-        from dcsp_dist import data, records
+        from dcsp_dist import data, distributed, records
         from dcsp_dist.crf import CRFParams
 
+        if out_dir is not None:   # before hours of inference, not after
+            from dcsp_dist.workdir import check_writable_dir
+            check_writable_dir(out_dir, "--out")
         if args.crf_workers is not None and args.crf_workers < 0:
             raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+        self.data_dir = args.data
         self.manifest = records.read_manifest(args.data, args.split)
         self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
                                             what=f"{args.data} split {args.split}")
+        distributed.check_on_every_rank(
+            lambda: records.check_shards(args.data, self.manifest, self.files, deep=args.verify_data),
+            records.DataError)
         # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
         self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
         self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
@@ -182,9 +194,16 @@ class Job:
         self.workers = default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 
     def results(self):
-        """(example, label) for this rank's images, with the network/CRF overlap."""
-        return run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
-                             stride=self.cfg.output_stride)
+        """(example, label, network argmax) for this rank's images, with the network/CRF
+        overlap. Damaged records end as one DataError naming the shard."""
+        import tensorflow as tf
+
+        from dcsp_dist import records
+        try:
+            yield from run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
+                                     stride=self.cfg.output_stride)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
 
 
 def main_for(job_fn, args) -> int:
@@ -193,7 +212,12 @@ def main_for(job_fn, args) -> int:
     ctx = distributed.init(intra_threads=args.threads)
     try:
         job_fn(args, ctx)
-    except (records.DataError, ValueError, FileNotFoundError) as exc:
+    except (records.DataError, ValueError, OSError) as exc:
         distributed.error(str(exc))
+        return 1
+    except Exception as exc:
+        if not distributed.peer_failed(exc):
+            raise
+        distributed.error("stopped because another rank failed (its error line is above)")
         return 1
     return 0

@@ -53,19 +53,18 @@ def save_overlay(image, label, path: str) -> None:
 
 
 def predict(args, ctx) -> int:
-    from tqdm import tqdm
-
     from dcsp_dist import distributed
+    from dcsp_dist.progress import progress
 
-    job = Job(args, ctx, need_mask=False)   # every check happens here, before any work
+    job = Job(args, ctx, need_mask=False, out_dir=args.out)   # every check happens here, before any work
     masks_dir = os.path.join(args.out, SUBMISSION_DIR)
     overlay_dir = os.path.join(args.out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)
     if args.overlays:
         os.makedirs(overlay_dir, exist_ok=True)
     count = 0
-    bar = tqdm(total=job.num_images, desc=f"predict {args.split} (rank 0)", unit="img", disable=not ctx.is_chief, mininterval=2)
-    for ex, label in job.results():
+    bar = progress(job.num_images, f"predict {args.split} (rank 0)", enabled=ctx.is_chief)
+    for ex, label, _ in job.results():
         image_id = ex["id"].numpy().decode()
         save_palette_png(label, os.path.join(masks_dir, f"{image_id}.png"))
         if args.overlays:

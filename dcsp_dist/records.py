@@ -108,6 +108,9 @@ def read_manifest(directory: str, split: str, check_files: bool = True) -> dict:
             manifest = json.load(fh)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
+    if not _well_formed(manifest):
+        raise DataError(f"{path} is not a dcsp_dist manifest (expected schema_version, num_examples, "
+                        f"class_names and shards of file/num_examples/sha256); rebuild the records")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise DataError(f"{path}: schema version {manifest.get('schema_version')}, "
                         f"this dcsp_dist reads {SCHEMA_VERSION}; rebuild the records")
@@ -117,6 +120,16 @@ def read_manifest(directory: str, split: str, check_files: bool = True) -> dict:
             if not os.path.isfile(f):
                 raise DataError(f"{f} listed in {path} is missing")
     return manifest
+
+
+def _well_formed(manifest) -> bool:
+    """The shape every reader relies on (valid JSON is not enough)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return False
+    if not isinstance(manifest.get("num_examples"), int) or not isinstance(manifest.get("class_names"), list):
+        return False
+    return all(isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("num_examples"), int)
+               and isinstance(s.get("sha256"), str) for s in manifest["shards"])
 
 
 def shard_files(directory: str, manifest: dict) -> list[str]:
@@ -129,3 +142,43 @@ def files_for_rank(files: list[str], rank: int, size: int, what: str = "records"
         raise DataError(f"{what}: {len(files)} shard files for {size} ranks; every rank needs at "
                         f"least one whole file (rebuild with --num-shards >= {size})")
     return files[rank::size]
+
+
+def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = False) -> None:
+    """This rank's shard files against the manifest, before any work.
+
+    Always: each file exists and has the size the manifest records (cheap: one stat).
+    With ``deep`` (``--verify-data``): also its sha256 and its record count (reads every byte).
+    Raises DataError naming the file and telling the user to run data_tools.verify.
+    """
+    import tensorflow as tf
+    by_file = {os.path.join(directory, s["file"]): s for s in manifest["shards"]}
+    for path in files:
+        shard = by_file[path]
+        fix = f"run python -m data_tools.verify {directory} and rebuild the split"
+        if not os.path.isfile(path):
+            raise DataError(f"{path} listed in the manifest is missing; {fix}")
+        size = os.path.getsize(path)
+        if "bytes" in shard and size != shard["bytes"]:
+            raise DataError(f"{path} is {size} bytes, the manifest says {shard['bytes']} (truncated or "
+                            f"replaced); {fix}")
+        if deep:
+            if sha256_file(path) != shard["sha256"]:
+                raise DataError(f"{path}: sha256 differs from the manifest (damaged); {fix}")
+            try:
+                count = sum(1 for _ in tf.data.TFRecordDataset(path))
+            except tf.errors.DataLossError as exc:
+                raise DataError(f"{path} is damaged ({str(exc).splitlines()[0][:120]}); {fix}") from None
+            if count != shard["num_examples"]:
+                raise DataError(f"{path} holds {count} records, the manifest says {shard['num_examples']}; {fix}")
+
+
+def damaged_shard_message(directory: str, manifest: dict, files: list[str], error) -> str:
+    """One line for a DataLossError met while reading ``files``: which of them no longer
+    matches the manifest (by sha256), what TensorFlow said, and what to run."""
+    culprits = [f for f in files if os.path.isfile(f) and sha256_file(f) != next(
+        (s["sha256"] for s in manifest["shards"] if os.path.join(directory, s["file"]) == f), None)]
+    where = ", ".join(culprits) if culprits else f"one of {', '.join(files)}"
+    first = (str(getattr(error, "message", error)).strip().splitlines() or ["data loss"])[0][:160]
+    return (f"damaged records in {where} ({first}); run python -m data_tools.verify {directory} "
+            f"and rebuild the split")

@@ -30,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", required=True, help="directory of TFRecords from data_tools.build")
     parser.add_argument("--workdir", required=True, help="run directory (one sub-directory per stage)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="before training, check every shard's sha256 and record count (default: "
+                             "existence and size, which is free)")
     return parser.parse_args(argv)
 
 
@@ -46,8 +49,11 @@ def _build_model(cfg):
     return build_model(cfg)
 
 
-def _restore_model(model, checkpoint: str) -> None:
+def _restore_model(model, checkpoint: str, what: str) -> None:
     import tensorflow as tf
+
+    from dcsp_dist import checkpoints
+    checkpoints.check(checkpoint, what)
     tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
 
 
@@ -82,6 +88,24 @@ def _visualise(model, batch, stride: int):
         a = (a - a.min()) / (a.max() - a.min() + 1e-12)
         panels.append(np.repeat((a[..., None] * 255).astype(np.uint8), 3, axis=-1))
     return np.concatenate(panels, axis=1)[None]
+
+
+def _save(manager, step: int) -> None:
+    """manager.save, or one clear error (e.g. a full disk) that leaves the earlier
+    checkpoints as they were and no partial one behind."""
+    import glob
+    import shutil
+
+    import tensorflow as tf
+    try:
+        manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as exc:
+        prefix = os.path.join(manager.directory, f"ckpt-{step}")
+        for partial in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"):
+            shutil.rmtree(partial) if os.path.isdir(partial) else os.remove(partial)
+        kept = ", ".join(os.path.basename(p) for p in manager.checkpoints) or "none"
+        why = (str(getattr(exc, "message", exc)).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise OSError(f"saving checkpoint {prefix} failed ({why}); earlier checkpoints kept: {kept}") from None
 
 
 # ============================================================================ training stage
@@ -181,7 +205,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
     import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist import data, distributed
+    from dcsp_dist import checkpoints, data, distributed, records
     from dcsp_dist.models import load_initial_weights
 
     directory = layout.stage_dir(workdir, stage)
@@ -193,19 +217,34 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
     per_rank = cfg.per_rank_batch(ctx.size)
     cue_dir = layout.stage_dir(workdir, CUES_FOR[stage]) if stage in CUES_FOR else None
     dataset = data.make_train_dataset(data_dir, cfg, per_rank, ctx.rank, ctx.size, cue_dir=cue_dir)
+    manifest = records.read_manifest(data_dir, cfg.train_split)
+    files = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size)
 
     # ---- model, optimiser, checkpoint ---------------------------------------------------
     trainer = StageTrainer(stage, cfg)
     model, optimizer, schedule, steps = trainer.model, trainer.optimizer, trainer.schedule, trainer.steps
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(directory, "ckpt"),
-                                         max_to_keep=cfg.keep_checkpoints)
+    ckpt_dir = os.path.join(directory, "ckpt")
+    # Rank 0 finds the newest checkpoint that reads back in full, from the files themselves
+    # (a lost index or a damaged newest checkpoint never means "start from scratch"); a
+    # failure is raised on every rank, so none waits in the broadcast below.
+    latest, failure = None, None
     if ctx.is_chief:
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).expect_partial()
-            distributed.log(f"[{stage}] resuming from {manager.latest_checkpoint}")
+        try:
+            latest = checkpoints.newest_readable(ckpt_dir, warn=lambda m: distributed.log(f"[{stage}] {m}"))
+            if latest is None and stage in INIT_FROM:
+                _restore_model(model, _stage_checkpoint(workdir, INIT_FROM[stage]), f"the {INIT_FROM[stage]} stage's checkpoint")
+        except checkpoints.CheckpointError as exc:
+            failure = str(exc)
+    failure = distributed.broadcast_object(failure)
+    if failure:
+        raise checkpoints.CheckpointError(failure)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
+    if ctx.is_chief:
+        if latest:
+            checkpoint.restore(latest).expect_partial()
+            distributed.log(f"[{stage}] resuming from {latest}")
         elif stage in INIT_FROM:
-            _restore_model(model, _stage_checkpoint(workdir, INIT_FROM[stage]))
             distributed.log(f"[{stage}] initialised from the {INIT_FROM[stage]} stage")
         else:
             distributed.log(f"[{stage}] initialised from {load_initial_weights(model, cfg.init_weights)}")
@@ -222,7 +261,10 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
     tick, last_step = time.time(), start
     t0 = time.time()
     for step in range(start, steps):
-        batch = next(iterator)
+        try:
+            batch = next(iterator)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(data_dir, manifest, files, exc)) from None
         step_start = time.time()
         values = trainer.step(batch).numpy()
         if not np.isfinite(values).all():
@@ -250,10 +292,10 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             with writer.as_default(step=done):
                 tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
         if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
-            manager.save(checkpoint_number=done)
+            _save(manager, done)
     if ctx.is_chief:
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{steps}"):
-            manager.save(checkpoint_number=max(steps, start))
+            _save(manager, max(steps, start))
         writer.flush()
         rel = os.path.relpath(manager.latest_checkpoint, directory)
         layout.write_json(layout.done_path(workdir, stage),
@@ -274,10 +316,10 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     """
     import numpy as np
     import tensorflow as tf
-    from tqdm import tqdm
 
     from dcsp_dist import cues, data, distributed, metrics, records
     from dcsp_dist.inference import make_multiscale_fn
+    from dcsp_dist.progress import progress
     from dcsp_dist.voc import CLASS_NAMES
 
     directory = layout.stage_dir(workdir, stage)
@@ -289,8 +331,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     os.makedirs(directory, exist_ok=True)
 
     model = _build_model(cfg)
-    if ctx.is_chief:
-        _restore_model(model, _stage_checkpoint(workdir, source))
+    _restore_model(model, _stage_checkpoint(workdir, source), f"the {source} stage's checkpoint")
     distributed.broadcast_state(model)
     key = "attention" if stage == "cues" else "segmentation"
     fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride)
@@ -306,20 +347,28 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
 
     matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
     total = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(data_dir, s["file"]) in mine)
-    bar = tqdm(total=total, desc=f"[{stage}] rank 0", unit="img", disable=not ctx.is_chief, mininterval=2)
+    bar = progress(total, f"[{stage}] rank 0", enabled=ctx.is_chief)
     for path in mine:
         target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
         tmp = f"{target}.tmp-{os.getpid()}"
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for ex in data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
-                                                  need_saliency=stage == "cues"):
-                saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
-                label, png = make_cue(ex["image"], saliency, ex["tags"])
-                writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
-                if has_mask:
-                    matrix += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
-                bar.update(1)
-        os.replace(tmp, target)
+        try:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for ex in data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
+                                                      need_saliency=stage == "cues"):
+                    saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
+                    label, png = make_cue(ex["image"], saliency, ex["tags"])
+                    writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
+                    if has_mask:
+                        matrix += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
+                    bar.update(1)
+            os.replace(tmp, target)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
+        except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
+            raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        finally:
+            if os.path.exists(tmp):    # nothing half-written is left behind
+                os.remove(tmp)
     bar.close()
     matrix = distributed.allreduce_sum(matrix)
     summary = {"stage": stage, "num_images": manifest["num_examples"]}
@@ -336,12 +385,15 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
 
 
 # ============================================================================ main
-def check_inputs(stages, cfg, ctx, data_dir: str) -> None:
+def check_inputs(stages, cfg, ctx, data_dir: str, verify_data: bool = False) -> None:
     """Fail before any work on missing or inconsistent records (one clear line)."""
-    from dcsp_dist import records
+    from dcsp_dist import distributed, records
     manifest = records.read_manifest(data_dir, cfg.train_split)
-    records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
-                           what=f"{data_dir} split {cfg.train_split}")
+    mine = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
+                                  what=f"{data_dir} split {cfg.train_split}")
+    # Every rank checks its own shards; a damaged one stops every rank.
+    distributed.check_on_every_rank(lambda: records.check_shards(data_dir, manifest, mine, deep=verify_data),
+                                    records.DataError)
     if "cues" in stages and not manifest.get("has_saliency"):
         raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: the training split has no "
                                 f"saliency maps, which the cues stage needs (see data_tools.saliency)")
@@ -351,15 +403,31 @@ def check_inputs(stages, cfg, ctx, data_dir: str) -> None:
     cfg.per_rank_batch(ctx.size)
 
 
-def run(stage: str, cfg, ctx, data_dir: str, workdir: str) -> None:
+def _is_done(workdir: str, stage: str) -> bool:
+    """done.json exists and, for a training stage, the checkpoint it names reads back."""
+    from dcsp_dist import checkpoints, distributed
+    if not layout.is_done(workdir, stage):
+        return False
+    if stage in layout.TRAINING_STAGES:
+        prefix = _stage_checkpoint(workdir, stage)
+        why = checkpoints.problem(prefix)
+        if why:
+            distributed.log(f"[{stage}] warning: done.json names {prefix}, which is unreadable ({why}); "
+                            f"the stage resumes from its newest readable checkpoint")
+            return False
+    return True
+
+
+def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = False) -> None:
     from dcsp_dist import distributed
 
     stages = layout.SCHEDULE if stage == "all" else (stage,)
-    check_inputs(stages, cfg, ctx, data_dir)
+    layout.check_writable_dir(workdir, "--workdir")
+    check_inputs(stages, cfg, ctx, data_dir, verify_data)
     distributed.check_same_everywhere(cfg.digest(), "the config")
     for name in stages:
         # Rank 0 owns the run directory; every rank follows its view of what is done.
-        if distributed.broadcast_object(layout.is_done(workdir, name) if ctx.is_chief else None):
+        if distributed.broadcast_object(_is_done(workdir, name) if ctx.is_chief else None):
             distributed.log(f"[{name}] already done, skipping")
             continue
         if name in layout.TRAINING_STAGES:
@@ -376,13 +444,18 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dcsp_dist import distributed, records
-    ctx = distributed.init(intra_threads=args.threads)
+    ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
     try:
-        run(args.stage, cfg, ctx, args.data, args.workdir)
-    except (records.DataError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
+        run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data)
+    except (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError) as exc:
         distributed.error(str(exc))
+        return 1
+    except Exception as exc:
+        if not distributed.peer_failed(exc):
+            raise
+        distributed.error("stopped because another rank failed (its error line is above)")
         return 1
     return 0
 

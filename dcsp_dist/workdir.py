@@ -38,9 +38,35 @@ def write_json(path: str, obj) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=float)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, default=float)
+        os.replace(tmp, path)
+    except OSError as exc:   # e.g. a full disk: the previous file stays, no half-written one
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(exc.errno, f"writing {path} failed: {exc.strerror}") from None
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """Raise ValueError (one line naming ``flag``) unless ``path`` is, or can become, a
+    writable directory. Creates nothing: a probe file in the nearest existing directory is
+    written and removed (as root, permission bits say nothing about read-only mounts or
+    immutable directories; a real write does)."""
+    import tempfile
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} exists and is not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path}: {existing} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".dcsp-write-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {existing} ({exc.strerror})") from None
 
 
 def final_checkpoint(path: str) -> tuple[str, str]:

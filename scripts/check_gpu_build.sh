@@ -40,7 +40,7 @@ log "NOTE: this proves that Horovod's NCCL build compiles, links and loads again
 
 CUDA_HOME="$cuda_home" GPU=1 DCSP_VENV="$VENV" DCSP_TF_PACKAGE=tensorflow bash "$ROOT/scripts/setup.sh"
 
-"$VENV/bin/python" - <<'PYEOF' || die "horovod.tensorflow does not load, or lacks NCCL/CUDA"
+"$VENV/bin/python" - <<'PYEOF' 2>"$CHECK/import.log" || { tail -n 5 "$CHECK/import.log" >&2; die "horovod.tensorflow does not load, or lacks NCCL/CUDA (TensorFlow's output: $CHECK/import.log)"; }
 import sys
 import horovod.tensorflow as hvd
 print(f"[check-gpu-build] hvd.nccl_built() = {hvd.nccl_built()}")

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job end to end on the built-in synthetic dataset, under horovodrun on this machine:
-# synthetic VOC-layout data -> TFRecords -> DCSP schedule (--stage all) -> evaluation with CRF.
-# Run twice, it reuses what it already built (data, records, finished stages).
+# synthetic VOC-layout data -> TFRecords -> DCSP schedule (--stage all) -> evaluation of the
+# first and the final segmentation stage with CRF -> what each stage contributes.
+# SEED drives every random draw (data, weights, augmentation, shuffling); the same SEED
+# gives the same figures. Run twice, it reuses what it already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NP="${NP:-2}"
+SEED="${SEED:-0}"
 DIR="${DEMO_DIR:-demo_run}"
 PY=.venv/bin/python
 HVD=(.venv/bin/horovodrun --gloo -np "$NP" -H "localhost:$NP")
@@ -12,11 +15,18 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The demo's tiny model takes ~0.5 s a step: Horovod's own 1 ms cycle suits it better than
 # the 50 ms dcsp_dist uses on CPU-only ranks for full-size models (see README, Benchmarks).
 export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
+# TensorFlow's start-up lines, repeated by every process, that no setting silences.
+quiet() { grep -v -E 'absl::InitializeLog|oneDNN custom operations|cuda_drivers|cudart_stub|computation_placer|TF-TRT|rebuild TensorFlow with the appropriate compiler flags|cpu_feature_guard|This TensorFlow binary is optimized' || true; }
 start=$(date +%s)
 
+if [[ -f "$DIR/seed" && "$(cat "$DIR/seed")" != "$SEED" ]]; then
+  echo "error: $DIR holds the demo of seed $(cat "$DIR/seed"), not $SEED; use DEMO_DIR=another_dir or make clean" >&2
+  exit 2
+fi
 if [[ ! -f "$DIR/voc/ImageSets/Segmentation/val.txt" ]]; then
-  echo "== synthetic dataset"
-  "$PY" -m data_tools.synth --out "$DIR/voc" --num-train 400 --num-val 60 --seed 0
+  echo "== synthetic dataset (seed $SEED)"
+  mkdir -p "$DIR"; echo "$SEED" > "$DIR/seed"
+  "$PY" -m data_tools.synth --out "$DIR/voc" --num-train 400 --num-val 60 --seed "$SEED"
 fi
 for split in train val; do
   if [[ ! -f "$DIR/records/$split.manifest.json" ]]; then
@@ -27,21 +37,13 @@ for split in train val; do
 done
 
 echo "== DCSP schedule on $NP ranks: attention -> cues -> segmentation -> adapt -> segmentation"
-"${HVD[@]}" "$PY" -m dcsp_dist.train --stage all --config synthetic_demo \
-  --data "$DIR/records" --workdir "$DIR/run"
+"${HVD[@]}" "$PY" -m dcsp_dist.train --stage all --config synthetic_demo --set "seed=$SEED" \
+  --data "$DIR/records" --workdir "$DIR/run" 2>&1 | quiet
 
-echo "== evaluation with dense CRF on $NP ranks"
-"${HVD[@]}" "$PY" -m dcsp_dist.evaluate --checkpoint "$DIR/run" --data "$DIR/records" --split val
+echo "== evaluation with dense CRF on $NP ranks: first segmentation stage, then the final model"
+"${HVD[@]}" "$PY" -m dcsp_dist.evaluate --checkpoint "$DIR/run/segmentation" --data "$DIR/records" \
+  --split val --out "$DIR/run/eval_val_segmentation" 2>&1 | quiet
+"${HVD[@]}" "$PY" -m dcsp_dist.evaluate --checkpoint "$DIR/run" --data "$DIR/records" --split val 2>&1 | quiet
 
-"$PY" - "$DIR" <<'PYEOF'
-import json, sys
-d = sys.argv[1]
-ev = json.load(open(f"{d}/run/eval_val/results.json"))
-cues = json.load(open(f"{d}/run/cues/cues.json"))
-adapt = json.load(open(f"{d}/run/adapt/cues.json"))
-print("\n== summary")
-print(f"initial cues   mIoU vs. train masks: {100 * cues['miou']:.1f}")
-print(f"adapted cues   mIoU vs. train masks: {100 * adapt['miou']:.1f}")
-print(f"trained model  mIoU on val (CRF):    {100 * ev['miou']:.1f}  ({ev['num_images']} images)")
-PYEOF
+"$PY" scripts/demo_summary.py "$DIR" "$SEED" "$(( $(date +%s) - start ))" 2>&1 | quiet
 echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: launch/tensorboard.sh $DIR/run"

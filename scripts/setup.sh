@@ -171,7 +171,7 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
     tail -n 40 "$work/build.log" >&2
     die "Horovod build failed (full log: $CACHE/horovod-build-$variant.log); see the README's 'Troubleshooting the Horovod build'"
   fi
-  if [[ "$NCCL_LINK" == SHARED ]]; then
+  if [[ "${NCCL_LINK:-}" == SHARED ]]; then
     # NCCL from the nvidia-nccl-cu12 wheel: nothing puts its lib/ on the loader's path
     # (TensorFlow does not load NCCL at import), so the extension would fail with
     # "libnccl.so.2: cannot open shared object file". Point its RUNPATH at the wheel's
@@ -207,13 +207,14 @@ if [[ ! -f "$wheel_dir/check-build.txt" ]]; then
   printf '%s\n' "$check" > "$wheel_dir/check-build.txt"
   log "horovodrun --check-build: ${wanted[*]} built"
 fi
-GPU="$GPU" "$VENV/bin/python" - <<'PYEOF' || die "Horovod's TensorFlow extension does not load, or lacks what it was built for (see $wheel_dir/check-build.txt)"
+# TensorFlow's start-up lines go to a log, shown only when the check fails.
+GPU="$GPU" "$VENV/bin/python" - <<'PYEOF' 2>"$work/import.log" || { grep -v '^[IW]0000' "$work/import.log" | tail -n 5 >&2; die "Horovod's TensorFlow extension does not load, or lacks what it was built for (see $wheel_dir/check-build.txt)"; }
 import os
 import sys
 try:
     import horovod.tensorflow as hvd
 except Exception as exc:  # the one line that says why the extension does not load
-    sys.exit(f"[setup] import horovod.tensorflow failed: {str(exc).splitlines()[0]}")
+    sys.exit(f"[setup] import horovod.tensorflow failed: {str(exc).splitlines()[-1]}")
 built = {"MPI": hvd.mpi_built(), "Gloo": hvd.gloo_built()}
 if os.environ["GPU"] == "1":
     built.update(NCCL=hvd.nccl_built(), CUDA=hvd.cuda_built())

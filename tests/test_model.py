@@ -9,7 +9,7 @@ from dcsp_dist.models import (backbone, build_model, export_caffe_dict, load_caf
                               parameter_groups)
 from dcsp_dist.models.weights import read_caffe_file, write_caffe_file
 
-TINY = config.make_config("tiny_test")
+TINY = config.make_config("tiny_test", {"normalization": "frozen_batch_norm"})  # Caffe/ImageNet layout
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,24 @@ def test_imagenet_weights_from_a_local_file_load_by_layer_name(tmp_path, full_mo
             np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_initial_weights(full_model, str(tmp_path / "missing.weights.h5"))
+
+
+def test_group_norm_backbone_trains_its_norms_without_decay():
+    """From scratch there are no batch-norm statistics to freeze: group norm, trained (x1),
+    no batch norm left, and only conv kernels in the L2 term."""
+    model = build_model(dataclasses.replace(TINY, normalization="group_norm"))
+    layers = backbone(model).layers
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert len(norms) == 1 + 4 * 3 + 4          # stem + 3 per block + 4 shortcuts (blocks 1,1,1,1)
+    groups = parameter_groups(model)
+    trained = {id(v) for v in groups.backbone}
+    assert all(id(w) in trained for layer in norms for w in layer.weights)
+    assert all(len(k.shape) == 4 for k in groups.conv_kernels)
+    out = model(np.zeros((1, 65, 65, 3), np.float32))
+    assert tuple(out["segmentation"].shape) == (1, 9, 9, TINY.num_classes)
+
+
+def test_group_norm_refuses_imagenet_weights():
+    with pytest.raises(ValueError, match="group_norm cannot take the ImageNet weights"):
+        dataclasses.replace(TINY, normalization="group_norm", init_weights="imagenet")

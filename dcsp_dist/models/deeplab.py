@@ -25,14 +25,14 @@ def _policy(mixed_precision: str):
 def build_model(cfg) -> keras.Model:
     """The DeepLab-v2 attention + segmentation model described by ``cfg`` (a Config).
 
-    Uses cfg.num_classes, blocks, base_width, output_stride, head_init_std and
-    mixed_precision. Logits and attention maps are float32 whatever the policy.
+    Uses cfg.num_classes, blocks, base_width, output_stride, normalization, head_init_std
+    and mixed_precision. Logits and attention maps are float32 whatever the policy.
     """
     if cfg.mixed_precision not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"mixed_precision must be float32, bfloat16 or float16, not {cfg.mixed_precision!r}")
     dtype = _policy(cfg.mixed_precision)
     backbone = build_resnet(cfg.blocks, cfg.base_width, cfg.output_stride, dtype=dtype,
-                            name=BACKBONE_NAME)
+                            name=BACKBONE_NAME, normalization=cfg.normalization)
     init = dict(kernel_initializer=keras.initializers.RandomNormal(0.0, cfg.head_init_std, seed=cfg.seed),
                 bias_initializer="zeros")
     images = keras.Input((None, None, 3), name="image")

@@ -30,6 +30,9 @@ _BRANCH = {"0": "branch1", "1": "branch2a", "2": "branch2b", "3": "branch2c"}
 def caffe_names(model) -> dict[str, tuple[str, str]]:
     """Map each weighted Keras layer of the backbone to (caffe name, kind) kind in conv/bn."""
     net = backbone(model)
+    if any(layer.name.endswith("_gn") for layer in net.layers):
+        raise ValueError("Caffe/ImageNet weights are for the frozen-batch-norm ResNet; this model uses "
+                         "group norm (normalization=group_norm)")
     blocks_per_stage: dict[int, int] = {}
     for layer in net.layers:
         parts = layer.name.split("_")
