@@ -91,7 +91,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     import tensorflow as tf
 
-    from dcsp_dist.crf import crf_or_argmax
+    from dcsp_dist.crf import crf_on_labels, crf_or_argmax, select_labels
 
     fused = make_multiscale_fn(model, scales, "segmentation", stride)
 
@@ -99,7 +99,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
     def probabilities(image):
         return tf.nn.softmax(fused(image), axis=-1)                 # [H, W, C]
 
-    if workers <= 0:
+    if workers <= 0 or crf_params is None:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
             yield ex, crf_or_argmax(ex["image"].numpy(), probs, crf_params), probs.argmax(-1).astype("uint8")
@@ -109,7 +109,9 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
     try:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
-            future = pool.submit(crf_or_argmax, ex["image"].numpy(), probs, crf_params)
+            # Only the labels that can matter travel to the worker, as [k, H, W] float32.
+            labels, sub = select_labels(probs, crf_params.label_margin)
+            future = pool.submit(crf_on_labels, ex["image"].numpy(), sub, labels, crf_params)
             pending.append((ex, future, probs.argmax(-1).astype("uint8")))
             while len(pending) > 2 * workers:   # bounded look-ahead keeps memory flat
                 done_ex, future, argmax = pending.popleft()

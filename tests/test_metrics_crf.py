@@ -57,3 +57,45 @@ def test_default_crf_workers_give_each_core_of_a_rank_a_crf_process():
     assert inference.default_crf_workers(1) == cores
     assert inference.default_crf_workers(cores) == 1          # one core per rank: still overlap
     assert inference.default_crf_workers(4 * cores) == 1      # oversubscribed: at least one
+
+
+def _probs_with_tail(rng, h, w, c, present, tail_levels):
+    """Background + ``present`` blobs, the other labels at fixed log-levels below."""
+    logits = np.empty((h, w, c), np.float32)
+    logits[:] = tail_levels
+    logits[..., 0] = 0.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    for k, label in enumerate(present):
+        blob = (yy - h / 2) ** 2 + (xx - (k + 1) * w / (len(present) + 1)) ** 2 < (h / 4) ** 2
+        logits[blob, label] = 3.0
+    logits += rng.normal(0, 0.3, logits.shape).astype(np.float32)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def test_select_labels_keeps_what_can_matter_and_renormalises():
+    rng = np.random.default_rng(0)
+    tail = np.full(21, -20.0, np.float32)
+    tail[[4, 9]] = [-5.0, -9.5]                      # 4 within e^-7 of the best, 9 far below
+    probs = _probs_with_tail(rng, 40, 60, 21, [3, 15], tail)
+    labels, sub = crf.select_labels(probs, 7.0)
+    assert labels.tolist() == [0, 3, 4, 15]
+    assert sub.shape == (4, 40, 60) and sub.dtype == np.float32
+    np.testing.assert_allclose(sub.sum(0), 1.0, atol=1e-5)
+    assert crf.select_labels(probs, 0.0)[0].tolist() == list(range(21))      # 0: every label
+    only_background = np.zeros((5, 5, 21), np.float32)
+    only_background[..., 0] = 1.0
+    assert len(crf.select_labels(only_background, 7.0)[0]) == 2               # at least two
+
+
+def test_crf_over_kept_labels_equals_the_full_crf_on_the_real_image(voc_sample):
+    """81 labels (COCO's count), a long tail: the same labels as the full-label CRF."""
+    image = np.asarray(Image.open(voc_sample[0]).convert("RGB"))
+    rng = np.random.default_rng(1)
+    h, w = image.shape[:2]
+    probs = _probs_with_tail(rng, h, w, 81, [15, 20, 41], rng.normal(-10, 2.5, 81).astype(np.float32))
+    full = crf.dense_crf(image, probs, crf.CRFParams(label_margin=0.0))
+    ours = crf.dense_crf(image, probs, crf.CRFParams())
+    assert len(crf.select_labels(probs, crf.CRFParams().label_margin)[0]) < 40
+    assert (full == ours).mean() >= 0.999
+    assert set(np.unique(ours)) <= {0, 15, 20, 41} | set(np.unique(full))
