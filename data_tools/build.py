@@ -25,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
-from data_tools.sources import ROLES, check_root_and_list, load_item, read_id_list, role_for_split
+from data_tools.sources import (ROLES, check_root_and_list, load_item, load_tag_item, read_class_list,
+                                read_id_list, read_tag_list, role_for_split)
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
 from dcsp_dist.workdir import check_writable_dir
@@ -39,8 +40,13 @@ def _shard_of(position: int, total: int, num_shards: int) -> int:
 
 def build(root: str, ids: list[str], split: str, out: str, role: str | None = None,
           num_shards: int | None = None, skip_bad: bool = False, workers: int | None = None,
-          progress: bool = True) -> dict:
-    """Build one split; returns the manifest. Raises BuildError listing every bad item."""
+          progress: bool = True, class_names=CLASS_NAMES, load=None, keys: list | None = None) -> dict:
+    """Build one split; returns the manifest. Raises BuildError listing every bad item.
+
+    The source is VOC layout under ``root`` by default; another source passes ``load``
+    (key, role=... -> item, see data_tools.sources.load_files), the ``keys`` it takes (one
+    per id) and its ``class_names`` (background first), which the manifest records.
+    """
     role = role or role_for_split(split)
     problems: list[str] = []
     seen = set()
@@ -49,6 +55,8 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
             problems.append(f"{image_id}: duplicate id in the split list")
         seen.add(image_id)
     unique_ids = list(dict.fromkeys(ids))
+    first = {image_id: i for i, image_id in reversed(list(enumerate(ids)))}
+    unique_keys = [(keys or ids)[first[image_id]] for image_id in unique_ids]
     if not unique_ids:
         raise BuildError([f"split {split}: the id list is empty"])
     num_shards = num_shards or min(DEFAULT_SHARDS, len(unique_ids))
@@ -65,11 +73,11 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     writers = [None] * num_shards
     counts = [0] * num_shards
     skipped, have_sal, have_mask, written = [], 0, 0, 0
-    load = functools.partial(load_item, root, role=role)
+    load = functools.partial(load or functools.partial(load_item, root), role=role)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds TensorFlow
     try:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
-            results = pool.map(load, unique_ids, chunksize=8)
+            results = pool.map(load, unique_keys, chunksize=8)
             for position, item in enumerate(tqdm(results, total=len(unique_ids), disable=not progress,
                                                  desc=f"build {split}", unit="img")):
                 if item["problems"]:
@@ -83,7 +91,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
                     writers[shard] = tf.io.TFRecordWriter(tmp[shard])
                 writers[shard].write(records.make_example(
                     item["id"], item["jpeg"], item["height"], item["width"], item["tags"],
-                    item["saliency_png"] or b"", item["mask_png"] or b""))
+                    item["saliency_png"] or b"", item["mask_png"] or b"", num_tags=len(class_names) - 1))
                 counts[shard] += 1
                 written += 1
                 have_sal += item["saliency_png"] is not None
@@ -115,7 +123,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     manifest = {
         "schema_version": records.SCHEMA_VERSION, "split": split, "role": role,
         "num_examples": written, "num_shards": num_shards, "shards": shards,
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(class_names),
         "has_saliency": written > 0 and have_sal == written,
         "has_mask": written > 0 and have_mask == written,
         "source_root": os.path.abspath(root), "skipped": len(skipped),
@@ -154,8 +162,13 @@ class BuildError(Exception):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="VOC-layout directory (JPEGImages/ ...)")
-    parser.add_argument("--split-list", required=True, help="file with one image id per line")
+    source = parser.add_argument_group("source: a VOC-layout root with an id list, or a tag list with its classes")
+    source.add_argument("--root", help="VOC-layout directory (JPEGImages/ ...)")
+    source.add_argument("--split-list", help="with --root: file with one image id per line")
+    source.add_argument("--tag-list", help="tags.tsv: image path<TAB>class,class[<TAB>mask path[<TAB>saliency path]] "
+                                           "per line, paths relative to the file's folder")
+    source.add_argument("--classes", help="with --tag-list: classes.txt, one object class per line (background is 0)")
+    parser.add_argument("--saliency-dir", help="<image file stem>.png or .npz saliency maps (tag list)")
     parser.add_argument("--split", help="split name for the output files (default: list file's stem)")
     parser.add_argument("--out", required=True, help="output directory for shards + manifest")
     parser.add_argument("--role", choices=ROLES, help="what the split needs (default from its name)")
@@ -166,14 +179,33 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="parallel readers (default: cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    problem = check_root_and_list(args.root, args.split_list)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    split = args.split or os.path.splitext(os.path.basename(args.split_list))[0]
+    if bool(args.tag_list) == bool(args.root):
+        parser.error("give either --root with --split-list (VOC layout) or --tag-list with --classes")
+    if args.tag_list:
+        if not args.classes:
+            parser.error("--tag-list needs --classes")
+        try:
+            class_names = read_class_list(args.classes)
+            lines = read_tag_list(args.tag_list)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        base = os.path.dirname(os.path.abspath(args.tag_list))
+        ids = [os.path.splitext(os.path.basename(fields[0]))[0] for fields in lines]
+        source = dict(class_names=class_names, keys=lines,
+                      load=functools.partial(load_tag_item, base, class_names=class_names,
+                                             saliency_dir=args.saliency_dir))
+        list_file = args.tag_list
+    else:
+        problem = check_root_and_list(args.root, args.split_list or "")
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        ids, source, list_file = read_id_list(args.split_list), {}, args.split_list
+    split = args.split or os.path.splitext(os.path.basename(list_file))[0]
     try:
-        manifest = build(args.root, read_id_list(args.split_list), split, args.out, args.role,
-                         args.num_shards, args.skip_bad, args.workers, progress=not args.quiet)
+        manifest = build(args.root or os.path.dirname(os.path.abspath(list_file)), ids, split, args.out, args.role,
+                         args.num_shards, args.skip_bad, args.workers, progress=not args.quiet, **source)
     except BuildError as exc:
         for line in exc.problems:
             print(f"bad: {line}", file=sys.stderr)

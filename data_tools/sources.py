@@ -82,9 +82,9 @@ def _read_tags(root: str, image_id: str, problems: list) -> list[int] | None:
     return None
 
 
-def _read_saliency(root: str, image_id: str, problems: list) -> np.ndarray | None:
-    png = os.path.join(root, "Saliency", image_id + ".png")
-    npz = os.path.join(root, "Saliency", image_id + ".npz")
+def _read_saliency(stem: str, problems: list) -> np.ndarray | None:
+    """``stem``.png (0..255) or ``stem``.npz (key actv, [0, 1]); None when neither exists."""
+    png, npz = stem + ".png", stem + ".npz"
     if os.path.isfile(png):
         try:
             with Image.open(png) as im:
@@ -107,9 +107,8 @@ def _read_saliency(root: str, image_id: str, problems: list) -> np.ndarray | Non
     return None
 
 
-def _read_mask(root: str, image_id: str, problems: list) -> np.ndarray | None:
-    for sub in ("SegmentationClassAug", "SegmentationClass"):
-        path = os.path.join(root, sub, image_id + ".png")
+def _read_mask(paths, problems: list, num_classes: int = len(CLASS_NAMES)) -> np.ndarray | None:
+    for path in paths:
         if os.path.isfile(path):
             try:
                 with Image.open(path) as im:
@@ -120,7 +119,7 @@ def _read_mask(root: str, image_id: str, problems: list) -> np.ndarray | None:
             except (OSError, ValueError) as exc:
                 problems.append(f"{path}: unreadable PNG ({exc})")
                 return None
-            bad = np.setdiff1d(np.unique(mask), list(range(len(CLASS_NAMES))) + [255])
+            bad = np.setdiff1d(np.unique(mask), list(range(num_classes)) + [255])
             if bad.size:
                 problems.append(f"{path}: label values {bad.tolist()} are not class ids or 255")
                 return None
@@ -129,14 +128,24 @@ def _read_mask(root: str, image_id: str, problems: list) -> np.ndarray | None:
 
 
 def load_item(root: str, image_id: str, role: str) -> dict:
-    """Everything the record of ``image_id`` needs, or ``problems`` saying what is wrong.
+    """Everything the record of VOC-layout ``image_id`` needs, or ``problems`` saying what is wrong.
 
     Returns {"id", "jpeg", "height", "width", "tags", "saliency_png", "mask_png",
     "problems"}; absent optional parts are None.
     """
     problems: list[str] = []
+    tags = _read_tags(root, image_id, problems)
+    if tags is None and role == "train":
+        problems.append(f"{root}/Annotations/{image_id}.xml (or ClassCategories/{image_id}.txt): missing tag file")
+    masks = [os.path.join(root, sub, image_id + ".png") for sub in ("SegmentationClassAug", "SegmentationClass")]
+    return load_files(image_id, os.path.join(root, "JPEGImages", image_id + ".jpg"), tags, problems, role,
+                      os.path.join(root, "Saliency", image_id), masks, len(CLASS_NAMES))
+
+
+def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[str], role: str,
+               saliency_stem: str | None, mask_paths: list[str], num_classes: int) -> dict:
+    """The record item of one image from its files, for any source (see ``load_item``)."""
     item = {"id": image_id, "problems": problems, "saliency_png": None, "mask_png": None}
-    path = os.path.join(root, "JPEGImages", image_id + ".jpg")
     if not os.path.isfile(path):
         problems.append(f"{path}: no image for id {image_id}")
         return item
@@ -152,31 +161,70 @@ def load_item(root: str, image_id: str, role: str) -> dict:
         problems.append(f"{path}: not a readable JPEG ({exc})")
         return item
     item.update(jpeg=jpeg, height=height, width=width)
-
-    tags = _read_tags(root, image_id, problems)
-    if tags is None and role == "train":
-        problems.append(f"{root}/Annotations/{image_id}.xml (or ClassCategories/{image_id}.txt): missing tag file")
-    elif role == "train" and not tags and not problems:
+    if role == "train" and tags is not None and not tags and not problems:
         problems.append(f"{path}: image has no tags, which a training split needs")
     item["tags"] = tags or []
 
-    saliency = _read_saliency(root, image_id, problems)
+    saliency = _read_saliency(saliency_stem, problems) if saliency_stem else None
     if saliency is not None:
         if saliency.shape != (height, width):
-            problems.append(f"{root}/Saliency/{image_id}: saliency is {saliency.shape[1]}x{saliency.shape[0]}, "
+            problems.append(f"{saliency_stem}: saliency is {saliency.shape[1]}x{saliency.shape[0]}, "
                             f"image is {width}x{height}")
         else:
             item["saliency_png"] = _png_bytes(saliency)
     elif role == "train":
-        problems.append(f"{root}/Saliency/{image_id}.png (or .npz): missing saliency map")
+        problems.append(f"{saliency_stem or path}.png (or .npz): missing saliency map")
 
-    mask = _read_mask(root, image_id, problems)
+    mask = _read_mask(mask_paths, problems, num_classes)
     if mask is not None:
         if mask.shape != (height, width):
-            problems.append(f"{root}/SegmentationClass*/{image_id}.png: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                            f"image is {width}x{height}")
+            problems.append(f"{mask_paths[0]}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}")
         else:
             item["mask_png"] = _png_bytes(mask)
     elif role == "eval":
-        problems.append(f"{root}/SegmentationClassAug/{image_id}.png (or SegmentationClass/): missing mask")
+        problems.append(f"{' or '.join(mask_paths) or path + ': no mask given'}: missing mask")
     return item
+
+
+# ----------------------------------------------------------------------------- tag list
+def read_class_list(path: str) -> list[str]:
+    """``classes.txt``: one object class per line -> ["background", ...]. ValueError if bad."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--classes {path}: no such file")
+    with open(path) as fh:
+        names = [line.strip() for line in fh if line.strip()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or duplicates or "background" in names or len(names) > 254:
+        raise ValueError(f"--classes {path}: expected 1..254 distinct class names, one per line, without "
+                         f"'background' (class 0, implicit){'; duplicates: ' + ', '.join(duplicates) if duplicates else ''}")
+    return ["background"] + names
+
+
+def read_tag_list(path: str) -> list[list[str]]:
+    """``tags.tsv`` lines as fields: image path, comma-separated names[, mask path[, saliency path]]."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--tag-list {path}: no such file")
+    with open(path) as fh:
+        return [line.rstrip("\n").split("\t") for line in fh if line.strip() and not line.startswith("#")]
+
+
+def load_tag_item(base: str, fields: list[str], class_names: list[str], role: str,
+                  saliency_dir: str | None = None) -> dict:
+    """The record item of one tag-list line (paths relative to ``base``, the list's folder)."""
+    problems: list[str] = []
+    image = os.path.join(base, fields[0])
+    image_id = os.path.splitext(os.path.basename(fields[0]))[0]
+    tags = set()
+    for name in (n.strip() for n in (fields[1] if len(fields) > 1 else "").split(",")):
+        if not name:
+            continue
+        if name not in class_names[1:]:
+            problems.append(f"{image}: unknown class name {name!r} (not in the class list)")
+        else:
+            tags.add(class_names.index(name))
+    masks = [os.path.join(base, fields[2])] if len(fields) > 2 and fields[2] else []
+    if len(fields) > 3 and fields[3]:
+        stem = os.path.splitext(os.path.join(base, fields[3]))[0]
+    else:
+        stem = os.path.join(saliency_dir, image_id) if saliency_dir else None
+    return load_files(image_id, image, sorted(tags), problems, role, stem, masks, len(class_names))

@@ -23,7 +23,7 @@ class Config:
     """Every setting of a DCSP run. Defaults are the paper's (spec sections 1-5)."""
     name: str = "voc_paper"
     # --- model (spec 2) ---
-    num_classes: int = NUM_CLASSES
+    num_classes: int = NUM_CLASSES        # training sizes it from the records' class list (see with_classes)
     blocks: tuple = (3, 4, 23, 3)         # ResNet-101
     base_width: int = 64                  # filters of the first stage's bottleneck
     output_stride: int = 8
@@ -123,6 +123,16 @@ class Config:
                              f"not {self.segmentation_objective!r}")
 
     # ------------------------------------------------------------------
+    def with_classes(self, class_names, explicit: bool = False) -> "Config":
+        """This config sized for the data's class list (background first). A num_classes
+        the user set explicitly (``explicit``) must agree with it."""
+        if len(class_names) < 2:
+            raise ValueError(f"the records list {len(class_names)} class(es); background plus at least one is needed")
+        if explicit and self.num_classes != len(class_names):
+            raise ValueError(f"num_classes={self.num_classes}, but the records list {len(class_names)} classes "
+                             f"({', '.join(class_names[:4])}...); drop the setting: the class list comes from the data")
+        return dataclasses.replace(self, num_classes=len(class_names))
+
     def per_rank_batch(self, size: int) -> int:
         """Global batch split over ``size`` ranks; it must divide (the paper's batch is 10)."""
         if self.global_batch % size:
@@ -251,6 +261,15 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def explicit_settings(pairs: list[str] | None, config_file: str | None) -> set:
+    """The names set on the command line or in the config file (not left to the preset)."""
+    names = set(parse_overrides(pairs))
+    if config_file:
+        with open(config_file) as fh:
+            names |= set(json.load(fh))
+    return names
 
 
 def load_saved(path: str) -> Config:

@@ -23,17 +23,17 @@ PAD_VALUES = {"cue": IGNORE_LABEL, "mask": IGNORE_LABEL, "saliency": 0}
 
 # ----------------------------------------------------------------------------- decode
 def decode(serialized, has_saliency: bool = True, has_mask: bool = False,
-           decode_image: bool = True) -> dict:
+           decode_image: bool = True, num_tags: int = records.NUM_TAGS) -> dict:
     """A serialized record -> dict of uint8 images/maps at full size and tag tensors.
 
-    Keys: id (string), image [H, W, 3] uint8 RGB, tags [20] float32 multi-hot,
+    Keys: id (string), image [H, W, 3] uint8 RGB, tags [num_tags] float32 multi-hot,
     and where present saliency [H, W] uint8 (0..255), mask [H, W] uint8 class ids.
     With ``decode_image=False`` the JPEG stays encoded under "jpeg" and ``augment``
     decodes only the window its crop needs.
     """
     wanted = ["id", "image/encoded", "tags/multi_hot"] + ["saliency/encoded"] * has_saliency + \
         ["mask/encoded"] * has_mask
-    spec = records.feature_spec()
+    spec = records.feature_spec(num_tags)
     ex = tf.io.parse_single_example(serialized, {k: spec[k] for k in wanted})  # skip unused bytes
     out = {"id": ex["id"], "tags": ex["tags/multi_hot"]}
     if decode_image:
@@ -230,17 +230,18 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
                              num_parallel_calls=AUTOTUNE, deterministic=ordered)
     if shuffle:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
-    has_mask = False
+    has_mask, tags = False, records.num_tags(manifest)
 
     def parse(index, element):
         if cue_dir:
             serialized, cue_serialized = element
-            example = decode(serialized, has_saliency=False, has_mask=has_mask, decode_image=False)
+            example = decode(serialized, has_saliency=False, has_mask=has_mask, decode_image=False,
+                             num_tags=tags)
             cue = decode_cue(cue_serialized)
             tf.debugging.assert_equal(example["id"], cue["id"], "image and cue shards disagree")
             example["cue"] = cue["cue"]
         else:
-            example = decode(element, has_saliency=False, has_mask=has_mask, decode_image=False)
+            example = decode(element, has_saliency=False, has_mask=has_mask, decode_image=False, num_tags=tags)
         out = augment(example, cfg, tf.stack([tf.cast(seed, tf.int64), index]), maps=("cue",))
         return out
 
@@ -263,4 +264,5 @@ def make_inference_dataset(data_dir: str, split: str, rank: int = 0, size: int =
                                        what=f"{data_dir} split {split}")
     has_sal, has_mask = bool(manifest.get("has_saliency")), bool(manifest.get("has_mask"))
     ds = tf.data.TFRecordDataset(files)
-    return ds.map(lambda s: decode(s, has_sal, has_mask), num_parallel_calls=AUTOTUNE).prefetch(2)
+    tags = records.num_tags(manifest)
+    return ds.map(lambda s: decode(s, has_sal, has_mask, num_tags=tags), num_parallel_calls=AUTOTUNE).prefetch(2)

@@ -33,15 +33,16 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def multi_hot(tag_ids: Iterable[int]) -> list[float]:
-    vec = [0.0] * NUM_TAGS
+def multi_hot(tag_ids: Iterable[int], num_tags: int = NUM_TAGS) -> list[float]:
+    """Class ids 1..num_tags -> a multi-hot vector of length num_tags (background excluded)."""
+    vec = [0.0] * num_tags
     for t in tag_ids:
         vec[t - 1] = 1.0
     return vec
 
 
 def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list[int],
-                 saliency_png: bytes = b"", mask_png: bytes = b""):
+                 saliency_png: bytes = b"", mask_png: bytes = b"", num_tags: int = NUM_TAGS):
     """A serialized tf.train.Example of schema SCHEMA_VERSION."""
     import tensorflow as tf
 
@@ -57,14 +58,15 @@ def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list
         "image/height": i([height]),
         "image/width": i([width]),
         "tags/ids": i(tags),
-        "tags/multi_hot": tf.train.Feature(float_list=tf.train.FloatList(value=multi_hot(tags))),
+        "tags/multi_hot": tf.train.Feature(float_list=tf.train.FloatList(value=multi_hot(tags, num_tags))),
         "saliency/encoded": b(saliency_png),
         "mask/encoded": b(mask_png),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def feature_spec():
+def feature_spec(num_tags: int = NUM_TAGS):
+    """The record schema; ``num_tags`` = the manifest's class count - 1 (background)."""
     import tensorflow as tf
     return {
         "id": tf.io.FixedLenFeature([], tf.string),
@@ -72,7 +74,7 @@ def feature_spec():
         "image/height": tf.io.FixedLenFeature([], tf.int64),
         "image/width": tf.io.FixedLenFeature([], tf.int64),
         "tags/ids": tf.io.VarLenFeature(tf.int64),
-        "tags/multi_hot": tf.io.FixedLenFeature([NUM_TAGS], tf.float32),
+        "tags/multi_hot": tf.io.FixedLenFeature([num_tags], tf.float32),
         "saliency/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
         "mask/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
@@ -130,6 +132,20 @@ def _well_formed(manifest) -> bool:
         return False
     return all(isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("num_examples"), int)
                and isinstance(s.get("sha256"), str) for s in manifest["shards"])
+
+
+def num_tags(manifest: dict) -> int:
+    """Tag vector length of a split: its classes minus background."""
+    return len(manifest["class_names"]) - 1
+
+
+def check_same_classes(directory: str, first: str, second: str) -> None:
+    """DataError unless two splits' manifests list the same classes in the same order."""
+    a, b = read_manifest(directory, first, check_files=False), read_manifest(directory, second, check_files=False)
+    if a["class_names"] != b["class_names"]:
+        raise DataError(f"{manifest_path(directory, first)} and {manifest_path(directory, second)} list different "
+                        f"classes ({len(a['class_names'])}: {', '.join(a['class_names'][:4])}... vs "
+                        f"{len(b['class_names'])}: {', '.join(b['class_names'][:4])}...); build both from one class list")
 
 
 def shard_files(directory: str, manifest: dict) -> list[str]:

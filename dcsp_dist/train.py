@@ -320,8 +320,6 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     from dcsp_dist import cues, data, distributed, metrics, records
     from dcsp_dist.inference import make_multiscale_fn
     from dcsp_dist.progress import progress
-    from dcsp_dist.voc import CLASS_NAMES
-
     directory = layout.stage_dir(workdir, stage)
     source = "attention" if stage == "cues" else "segmentation"
     manifest = records.read_manifest(data_dir, cfg.train_split)
@@ -375,7 +373,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     if has_mask:
         result = metrics.scores(matrix)
         summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
-        distributed.log(metrics.format_table(result, CLASS_NAMES, f"[{stage}] cue quality vs. training masks"))
+        distributed.log(metrics.format_table(result, manifest["class_names"], f"[{stage}] cue quality vs. training masks"))
     if ctx.is_chief:
         layout.write_json(os.path.join(directory, "cues.json"), summary)
         layout.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
@@ -418,6 +416,15 @@ def _is_done(workdir: str, stage: str) -> bool:
     return True
 
 
+def resolve_classes(cfg, data_dir: str, explicit: bool):
+    """The config sized for the training records' class list; train and val must agree."""
+    from dcsp_dist import records
+    manifest = records.read_manifest(data_dir, cfg.train_split, check_files=False)
+    if os.path.isfile(records.manifest_path(data_dir, cfg.val_split)):
+        records.check_same_classes(data_dir, cfg.train_split, cfg.val_split)
+    return cfg.with_classes(manifest["class_names"], explicit)
+
+
 def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = False) -> None:
     from dcsp_dist import distributed
 
@@ -444,6 +451,12 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dcsp_dist import distributed, records
+    explicit = "num_classes" in config_lib.explicit_settings(args.set, args.config_file)
+    try:
+        cfg = resolve_classes(cfg, args.data, explicit)
+    except ValueError as exc:   # DataError included: one line, before Horovod starts
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, records.DataError) else 1
     ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
