@@ -136,10 +136,11 @@ def model_pairs(checkpoint, data):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--margin", type=float, default=CRFParams().label_margin, help="label_margin to measure")
     parser.add_argument("--checkpoint")
     parser.add_argument("--data")
     args = parser.parse_args(argv)
-    params = CRFParams()
+    params = CRFParams(label_margin=args.margin)
     rng = np.random.default_rng(0)
     print(f"label_margin {params.label_margin} (keep a label within e^-{params.label_margin:g} of the best somewhere)")
     for num_labels in (21, 81):
@@ -154,6 +155,7 @@ def main(argv=None):
     if args.checkpoint:
         from dcsp_dist import metrics
         items, params = model_pairs(args.checkpoint, args.data)
+        params = CRFParams(**{**params.__dict__, "label_margin": args.margin})
         r = compare([(i, p) for i, p, _ in items], params)
         c = items[0][1].shape[-1]
         miou = []

@@ -71,7 +71,7 @@ class Config:
     crf_bilateral_sxy: float = 49.0
     crf_bilateral_srgb: float = 5.0
     crf_bilateral_compat: float = 4.0
-    crf_label_margin: float = 7.0         # CRF over labels within e^-7 of the best somewhere (spec-exact); 0 = all
+    crf_label_margin: float = 6.0         # CRF over labels within e^-6 of the best somewhere; 0 = all
     # --- bookkeeping ---
     seed: int = 0                         # initial weights, augmentation, shuffling
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run

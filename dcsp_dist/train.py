@@ -208,6 +208,10 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
     from dcsp_dist import checkpoints, data, distributed, records
     from dcsp_dist.models import load_initial_weights
 
+    import keras
+    # The global seed first: tf.data's seeded ops derive their seeds from it, so a stage
+    # draws the same batches whether it runs alone or inside --stage all.
+    keras.utils.set_random_seed(cfg.seed)
     directory = layout.stage_dir(workdir, stage)
     if ctx.is_chief:
         os.makedirs(directory, exist_ok=True)

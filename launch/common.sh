@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 set -euo pipefail
 
+CALLER_DIR="$PWD"   # relative --data/--workdir/--predict mean what they mean where the user stands
 LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$LAUNCH_DIR")"
 ENTRY=train STAGE="" CONFIG="" DATA="" WORKDIR="" DRY_RUN=0
@@ -38,11 +39,17 @@ common_arg() {
   esac
 }
 
+# from_caller PATH: PATH made absolute against the caller's directory (the launchers run the
+# job from the checkout, so a relative path would otherwise resolve there).
+from_caller() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$CALLER_DIR" "$1" ;; esac; }
+
 # job_command: fills JOB with the python command line for this job.
 job_command() {
   [[ -n "$PYTHON" ]] || { [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python" || PYTHON=python3; }
   [[ -n "$DATA" ]] || die "--data is required"
   [[ -n "$WORKDIR" ]] || die "--workdir is required"
+  DATA="$(from_caller "$DATA")" WORKDIR="$(from_caller "$WORKDIR")"
+  [[ -z "${PREDICT_OUT:-}" ]] || PREDICT_OUT="$(from_caller "$PREDICT_OUT")"
   case "$ENTRY" in
     train)
       [[ -n "$STAGE" ]] || die "--stage is required"

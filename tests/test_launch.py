@@ -88,3 +88,17 @@ def test_tensorboard_binds_localhost_by_default(tmp_path):
 def test_bad_arguments_are_one_clear_error(script, args, needle):
     proc = launch(script, *args, "--dry-run", check=False)
     assert proc.returncode == 2 and needle in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["local.sh", "multinode.sh", "mpirun.sh"])
+def test_relative_paths_resolve_where_the_user_stands(script, tmp_path):
+    """The launchers run the job from the checkout; a relative --data/--workdir must still
+    mean the caller's directory, and the printed command shows the resolved paths."""
+    extra = {"local.sh": [], "multinode.sh": ["-H", "a:1,b:1"], "mpirun.sh": ["-n", "2", "-H", "a:1,b:1"]}[script]
+    proc = subprocess.run(["bash", f"{ROOT}/launch/{script}", *extra, "--stage", "all", "--config", "voc_paper",
+                           "--data", "records/mine", "--workdir", "runs/mine", "--dry-run"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    words = command_line(proc.stdout)
+    assert words[words.index("--data") + 1] == f"{tmp_path}/records/mine"
+    assert words[words.index("--workdir") + 1] == f"{tmp_path}/runs/mine"
