@@ -7,9 +7,13 @@ PY=.venv/bin/python
 echo "== input pipeline";  "$PY" benchmarks/data_bench.py
 echo "== model";           "$PY" benchmarks/model_bench.py
 echo "== weak scaling";    "$PY" benchmarks/scaling_bench.py
+echo "== shard checks";    "$PY" benchmarks/verify_bench.py
 ckpt="${CHECKPOINT:-demo_run/run}"
 if [[ -d "$ckpt" ]]; then
   echo "== evaluation";    "$PY" benchmarks/eval_bench.py --checkpoint "$ckpt"
+  records="$(dirname "$ckpt")/records"
+  echo "== CRF labels";    "$PY" benchmarks/crf_bench.py --checkpoint "$ckpt" --data "$records"
 else
   echo "== evaluation: skipped, run make demo first (or CHECKPOINT=run_dir)"
+  echo "== CRF labels";    "$PY" benchmarks/crf_bench.py
 fi

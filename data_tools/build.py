@@ -29,7 +29,7 @@ from data_tools.sources import (ROLES, check_root_and_list, load_item, load_tag_
                                 read_id_list, read_tag_list, role_for_split)
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
-from dcsp_dist.workdir import check_writable_dir
+from dcsp_dist.workdir import check_writable_dir, write_json
 
 DEFAULT_SHARDS = 64
 
@@ -138,19 +138,13 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     for t, f in zip(tmp, final):
         os.replace(t, f)
     if skipped:
-        _write_json(os.path.join(out, f"{split}.skipped.json"), {"split": split, "skipped": skipped})
-    _write_json(records.manifest_path(out, split), manifest)
+        write_json(os.path.join(out, f"{split}.skipped.json"), {"split": split, "skipped": skipped})
+    write_json(records.manifest_path(out, split), manifest)
     for name in set(stale) - {os.path.basename(f) for f in final}:
         path = os.path.join(out, name)
         if os.path.exists(path):
             os.remove(path)
     return manifest
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 class BuildError(Exception):

@@ -190,6 +190,23 @@ def peer_failed(exc: BaseException) -> bool:
     return "Horovod has been shut down" in str(exc)
 
 
+def run_or_report(job, expected: tuple) -> int:
+    """Run ``job()``; exit status 0, or 1 after one line on stderr for an ``expected`` error
+    (bad input, damaged files, a full disk) or for the error a rank gets in a collective
+    once another rank has failed (that rank's own line says why)."""
+    try:
+        job()
+    except expected as exc:
+        error(str(exc))
+        return 1
+    except Exception as exc:
+        if not peer_failed(exc):
+            raise
+        error("stopped because another rank failed (its error line is above)")
+        return 1
+    return 0
+
+
 def check_on_every_rank(check, error_type=ValueError) -> None:
     """Run this rank's ``check()``; if it raises ``error_type`` on any rank, raise the
     first rank's error on every rank, so one rank's bad input stops all of them at once

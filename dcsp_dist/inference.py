@@ -212,14 +212,4 @@ def main_for(job_fn, args) -> int:
     """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
     from dcsp_dist import distributed, records
     ctx = distributed.init(intra_threads=args.threads)
-    try:
-        job_fn(args, ctx)
-    except (records.DataError, ValueError, OSError) as exc:
-        distributed.error(str(exc))
-        return 1
-    except Exception as exc:
-        if not distributed.peer_failed(exc):
-            raise
-        distributed.error("stopped because another rank failed (its error line is above)")
-        return 1
-    return 0
+    return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))

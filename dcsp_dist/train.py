@@ -464,17 +464,9 @@ def main(argv=None) -> int:
     ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
-    try:
-        run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data)
-    except (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError) as exc:
-        distributed.error(str(exc))
-        return 1
-    except Exception as exc:
-        if not distributed.peer_failed(exc):
-            raise
-        distributed.error("stopped because another rank failed (its error line is above)")
-        return 1
-    return 0
+    return distributed.run_or_report(
+        lambda: run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data),
+        (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
 
 
 if __name__ == "__main__":

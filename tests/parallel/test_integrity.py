@@ -231,3 +231,34 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
         layout.write_json(str(small_tmpfs / "results.json"), {"miou": 0.6, "pad": "x" * 100_000})
     assert json.load(open(small_tmpfs / "results.json")) == {"miou": 0.5}
     assert not [f for f in os.listdir(small_tmpfs) if ".tmp" in f]
+
+
+def test_damaged_val_records_are_named_by_evaluate(trained, synth_records, tmp_path):
+    data = tmp_path / "records"
+    shutil.copytree(synth_records, data)
+    shard = sorted(data.glob("val-*.tfrecord"))[0]
+    raw = bytearray(shard.read_bytes())
+    for i in range(40, 60):
+        raw[i] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    proc = run_python("-m", "dcsp_dist.evaluate", "--checkpoint", str(trained / "attention"), "--data", str(data),
+                      "--split", "val", "--out", str(tmp_path / "out"), "--no-crf", check=False)
+    errors = _errors(proc)
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert f"damaged records in {shard}" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_full_disk_while_writing_cue_shards(trained, synth_records, small_tmpfs):
+    run = small_tmpfs / "run"
+    shutil.copytree(trained / "attention", run / "attention")
+    _fill(small_tmpfs)
+    proc = run_python("-m", "dcsp_dist.train", "--stage", "cues", "--config", "tiny_test", "--data",
+                      str(synth_records), "--workdir", str(run), check=False)
+    errors = _errors(proc)
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert ("failed" in errors[0] or "cannot write" in errors[0]) and "Traceback" not in proc.stderr
+    left = [p.name for p in (run / "cues").iterdir()] if (run / "cues").exists() else []
+    assert not [name for name in left if ".tmp" in name or name.endswith(".cues.tfrecord")], left
+    from dcsp_dist import checkpoints
+    assert checkpoints.problem(str(run / "attention" / "ckpt" / "ckpt-8")) is None
