@@ -185,18 +185,30 @@ def test_build_leaves_no_empty_output_on_duplicate_ids(synth_voc, tmp_path):
 
 # ----------------------------------------------------------------------------- full disk
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs mounted for the test (needs root, as CI runs)."""
+def tmpfs(tmp_path):
+    """mount(size) -> a tmpfs of that size mounted for the test (needs root, as CI runs)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]).returncode:
-        pytest.skip("mount -t tmpfs failed here")
+    mounted = []
+
+    def mount(size):
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]).returncode:
+            pytest.skip("mount -t tmpfs failed here")
+        mounted.append(point)
+        return point
+
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)])
+        for point in mounted:
+            subprocess.run(["umount", "-l", str(point)])
+
+
+@pytest.fixture
+def small_tmpfs(tmpfs):
+    return tmpfs("1m")
 
 
 def _fill(mount):
@@ -249,10 +261,11 @@ def test_damaged_val_records_are_named_by_evaluate(trained, synth_records, tmp_p
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_full_disk_while_writing_cue_shards(trained, synth_records, small_tmpfs):
-    run = small_tmpfs / "run"
-    shutil.copytree(trained / "attention", run / "attention")
-    _fill(small_tmpfs)
+def test_full_disk_while_writing_cue_shards(trained, synth_records, tmpfs):
+    mount = tmpfs("16m")
+    run = mount / "run"
+    shutil.copytree(trained / "attention", run / "attention", ignore=shutil.ignore_patterns("tb"))
+    _fill(mount)
     proc = run_python("-m", "dcsp_dist.train", "--stage", "cues", "--config", "tiny_test", "--data",
                       str(synth_records), "--workdir", str(run), check=False)
     errors = _errors(proc)
