@@ -98,9 +98,3 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     labels, sub = select_labels(probs, params.label_margin)
     return crf_on_labels(image, sub, labels, params)
 
-
-def crf_or_argmax(image: np.ndarray, probs: np.ndarray, params: CRFParams | None) -> np.ndarray:
-    """dense_crf when ``params`` is given, else the plain argmax (``--no-crf``)."""
-    if params is None:
-        return np.argmax(probs, axis=-1).astype(np.uint8)
-    return dense_crf(image, probs, params)

@@ -80,8 +80,10 @@ def evaluate(args, ctx) -> dict | None:
     bar = progress(job.num_images, f"eval {args.split} (rank 0)", enabled=ctx.is_chief)
     for ex, label, argmax in job.results():
         mask = ex["mask"].numpy()
-        matrices[0] += metrics.confusion_matrix(mask, label, cfg.num_classes)
-        matrices[1] += metrics.confusion_matrix(mask, argmax, cfg.num_classes)
+        confusion = metrics.confusion_matrix(mask, label, cfg.num_classes)
+        matrices[0] += confusion
+        # Without CRF the label is the argmax: the same matrix, computed once.
+        matrices[1] += confusion if crf is None else metrics.confusion_matrix(mask, argmax, cfg.num_classes)
         count += 1
         bar.update(1)
     bar.close()

@@ -91,7 +91,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     import tensorflow as tf
 
-    from dcsp_dist.crf import crf_on_labels, crf_or_argmax, select_labels
+    from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
 
     fused = make_multiscale_fn(model, scales, "segmentation", stride)
 
@@ -102,7 +102,8 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
     if workers <= 0 or crf_params is None:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
-            yield ex, crf_or_argmax(ex["image"].numpy(), probs, crf_params), probs.argmax(-1).astype("uint8")
+            argmax = probs.argmax(-1).astype("uint8")
+            yield ex, argmax if crf_params is None else dense_crf(ex["image"].numpy(), probs, crf_params), argmax
         return
     pending = collections.deque()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))

@@ -160,6 +160,11 @@ def files_for_rank(files: list[str], rank: int, size: int, what: str = "records"
     return files[rank::size]
 
 
+def _shards_by_path(directory: str, manifest: dict) -> dict:
+    """Shard path (as ``shard_files`` gives it) -> its manifest entry."""
+    return dict(zip(shard_files(directory, manifest), manifest["shards"]))
+
+
 def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = False) -> None:
     """This rank's shard files against the manifest, before any work.
 
@@ -168,10 +173,10 @@ def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = 
     Raises DataError naming the file and telling the user to run data_tools.verify.
     """
     import tensorflow as tf
-    by_file = {os.path.join(directory, s["file"]): s for s in manifest["shards"]}
+    by_path = _shards_by_path(directory, manifest)
+    fix = f"run python -m data_tools.verify {directory} and rebuild the split"
     for path in files:
-        shard = by_file[path]
-        fix = f"run python -m data_tools.verify {directory} and rebuild the split"
+        shard = by_path[path]
         if not os.path.isfile(path):
             raise DataError(f"{path} listed in the manifest is missing; {fix}")
         size = os.path.getsize(path)
@@ -192,8 +197,8 @@ def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = 
 def damaged_shard_message(directory: str, manifest: dict, files: list[str], error) -> str:
     """One line for a DataLossError met while reading ``files``: which of them no longer
     matches the manifest (by sha256), what TensorFlow said, and what to run."""
-    culprits = [f for f in files if os.path.isfile(f) and sha256_file(f) != next(
-        (s["sha256"] for s in manifest["shards"] if os.path.join(directory, s["file"]) == f), None)]
+    by_path = _shards_by_path(directory, manifest)
+    culprits = [f for f in files if os.path.isfile(f) and sha256_file(f) != by_path[f]["sha256"]]
     where = ", ".join(culprits) if culprits else f"one of {', '.join(files)}"
     first = (str(getattr(error, "message", error)).strip().splitlines() or ["data loss"])[0][:160]
     return (f"damaged records in {where} ({first}); run python -m data_tools.verify {directory} "
