@@ -75,6 +75,8 @@ class Config:
     # --- bookkeeping ---
     seed: int = 0                         # initial weights, augmentation, shuffling
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run
+    # --- distribution ---
+    gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 20
@@ -109,7 +111,7 @@ class Config:
             if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
                 raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
         enums = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
-                 "lr_scaling": ("none", "linear")}
+                 "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16")}
         for name, allowed in enums.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}")

@@ -137,6 +137,8 @@ def add_job_arguments(parser, default_split: str) -> None:
                              "default: this rank's share of the node's cores, at least 1)")
     parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    parser.add_argument("--horovod-timeline", metavar="FILE", help="write Horovod's timeline (a Chrome trace of every "
+                        "collective) to FILE; open it in chrome://tracing or ui.perfetto.dev")
     parser.add_argument("--verify-data", action="store_true",
                         help="check every shard's sha256 and record count first (default: existence and size)")
 
@@ -212,5 +214,5 @@ class Job:
 def main_for(job_fn, args) -> int:
     """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
     from dcsp_dist import distributed, records
-    ctx = distributed.init(intra_threads=args.threads)
+    ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
     return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))

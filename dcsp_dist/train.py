@@ -30,6 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", required=True, help="directory of TFRecords from data_tools.build")
     parser.add_argument("--workdir", required=True, help="run directory (one sub-directory per stage)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    parser.add_argument("--horovod-timeline", metavar="FILE", help="write Horovod's timeline (a Chrome trace of every "
+                        "collective) to FILE; open it in chrome://tracing or ui.perfetto.dev")
     parser.add_argument("--verify-data", action="store_true",
                         help="before training, check every shard's sha256 and record count (default: "
                              "existence and size, which is free)")
@@ -192,7 +194,7 @@ class StageTrainer:
             """One SGD step; returns rank-averaged [total, cls, seg, l2] (same on every rank,
             so a non-finite loss anywhere stops every rank)."""
             values, grads = local_step(batch)
-            grads = distributed.average_gradients(grads)   # Horovod allreduce, outside XLA
+            grads = distributed.average_gradients(grads, cfg.gradient_compression)   # Horovod allreduce, outside XLA
             grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
             optimizer.apply(grads, variables)
             return distributed.allreduce_mean_tensor(values)
@@ -297,6 +299,8 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
                 tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
         if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
             _save(manager, done)
+    digest, hosts = distributed.check_weights_in_sync(model.variables, f"[{stage}] end of stage")
+    print(f"[{stage}] rank {ctx.rank} on {hosts[ctx.rank]}: weights sha256 {digest}", flush=True)
     if ctx.is_chief:
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{steps}"):
             _save(manager, max(steps, start))
@@ -304,7 +308,8 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
         rel = os.path.relpath(manager.latest_checkpoint, directory)
         layout.write_json(layout.done_path(workdir, stage),
                           {"stage": stage, "steps": steps, "checkpoint": rel,
-                           "seconds": round(time.time() - t0, 1)})
+                           "seconds": round(time.time() - t0, 1), "weights_sha256": digest,
+                           "hosts": sorted(set(hosts))})
         distributed.log(f"[{stage}] done: {manager.latest_checkpoint}")
     distributed.barrier()
     return trainer
@@ -461,7 +466,7 @@ def main(argv=None) -> int:
     except ValueError as exc:   # DataError included: one line, before Horovod starts
         print(f"error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, records.DataError) else 1
-    ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic)
+    ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic, timeline=args.horovod_timeline)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
     return distributed.run_or_report(

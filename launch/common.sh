@@ -39,6 +39,36 @@ common_arg() {
   esac
 }
 
+# positive_int NAME VALUE: die unless VALUE is a positive integer.
+positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 $2: expected a positive integer"; }
+
+# slots_from_hosts LIST: the total slots of "host:slots,host:slots" (dies naming a bad entry).
+slots_from_hosts() {
+  local total=0 entry parts
+  [[ -n "$1" && "$1" != ,* && "$1" != *, ]] || die "-H '$1': expected host:slots[,host:slots...]"
+  IFS=, read -ra parts <<<"$1"
+  for entry in "${parts[@]}"; do
+    [[ "$entry" =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]] || die "-H $1: '$entry' is not host:slots (e.g. node1:8)"
+    [[ "${entry##*:}" =~ ^[1-9][0-9]*$ ]] || die "-H $1: '$entry' has no slots (need at least 1)"
+    total=$((total + ${entry##*:}))
+  done
+  printf '%s' "$total"
+}
+
+# slots_from_hostfile FILE: the total slots of a "host slots=N" file (dies naming a bad line).
+slots_from_hostfile() {
+  local total=0 line n=0 host rest
+  [[ -f "$1" ]] || die "--hostfile $1: no such file"
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    n=$((n + 1)); line="${line%%#*}"; read -r host rest <<<"$line" || true
+    [[ -n "${host:-}" ]] || continue
+    [[ "$rest" =~ ^slots=([1-9][0-9]*)$ ]] || die "--hostfile $1, line $n: '$line' has no slots=N (e.g. node1 slots=8)"
+    total=$((total + BASH_REMATCH[1]))
+  done <"$1"
+  ((total > 0)) || die "--hostfile $1: no hosts in it"
+  printf '%s' "$total"
+}
+
 # from_caller PATH: PATH made absolute against the caller's directory (the launchers run the
 # job from the checkout, so a relative path would otherwise resolve there).
 from_caller() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$CALLER_DIR" "$1" ;; esac; }

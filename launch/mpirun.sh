@@ -28,12 +28,16 @@ while (($#)); do
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
-[[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "-n N is required (a positive integer)"
+[[ -n "$NP" ]] || die "-n N is required (a positive integer)"
+positive_int -n "$NP"
+[[ -z "$HOSTS" ]] || SLOTS=$(slots_from_hosts "$HOSTS")
+[[ -z "$HOSTFILE" ]] || [[ -f "$HOSTFILE" ]] || die "--hostfile $HOSTFILE: no such file"
+[[ -z "$HOSTS" || -z "$HOSTFILE" ]] || die "give -H or --hostfile, not both"
 job_command
 cmd=(mpirun -np "$NP")
 if [[ -n "$HOSTFILE" ]]; then cmd+=(--hostfile "$HOSTFILE"); else cmd+=(-H "${HOSTS:-localhost:$NP}"); fi
 cmd+=(-bind-to none -map-by slot -mca pml ob1 -mca btl ^openib
       -x NCCL_DEBUG=INFO -x LD_LIBRARY_PATH -x PATH -x "PYTHONPATH=$REPO_DIR")
-[[ -n "$NIC" ]] && cmd+=(-mca btl_tcp_if_include "$NIC" -x "NCCL_SOCKET_IFNAME=$NIC")
+[[ -n "$NIC" ]] && cmd+=(-mca btl_tcp_if_include "$NIC" -mca oob_tcp_if_include "$NIC" -x "NCCL_SOCKET_IFNAME=$NIC")
 [[ $(id -u) -eq 0 ]] && cmd+=(--allow-run-as-root)
 run_or_print "${cmd[@]}" "${JOB[@]}"

@@ -38,15 +38,10 @@ while (($#)); do
 done
 [[ -n "$HOSTS" || -n "$HOSTFILE" ]] || die "give -H node1:8,node2:8 or --hostfile FILE"
 [[ -z "$HOSTS" || -z "$HOSTFILE" ]] || die "give -H or --hostfile, not both"
-if [[ -z "$NP" ]]; then
-  if [[ -n "$HOSTS" ]]; then
-    NP=0; IFS=, read -ra parts <<<"$HOSTS"
-    for p in "${parts[@]}"; do [[ "$p" == *:* ]] || die "-H $HOSTS: write each host as name:slots"; NP=$((NP + ${p##*:})); done
-  else
-    [[ -f "$HOSTFILE" ]] || die "--hostfile $HOSTFILE: no such file"
-    NP=$(sed -n 's/.*slots=\([0-9]*\).*/\1/p' "$HOSTFILE" | paste -sd+ | bc)
-  fi
-fi
+if [[ -n "$HOSTS" ]]; then SLOTS=$(slots_from_hosts "$HOSTS"); else SLOTS=$(slots_from_hostfile "$HOSTFILE"); fi
+if [[ -z "$NP" ]]; then NP=$SLOTS; fi
+positive_int -n "$NP"
+((NP <= SLOTS)) || die "-n $NP: more processes than the $SLOTS slots of the hosts"
 job_command
 HVD="$(dirname "$PYTHON")/horovodrun"; [[ -x "$HVD" ]] || HVD=horovodrun
 cmd=("$HVD" "$CONTROLLER" -np "$NP")

@@ -84,6 +84,17 @@ def test_tensorboard_binds_localhost_by_default(tmp_path):
     ("mpirun.sh", JOB, "-n N is required"),
     ("k8s.sh", JOB, "--image is required"),
     ("local.sh", ["--bogus"], "unknown option --bogus"),
+    ("local.sh", ["-n", "0", *JOB], "-n 0: expected a positive integer"),
+    ("multinode.sh", ["-H", "a:,b:1", *JOB], "'a:' is not host:slots"),
+    ("multinode.sh", ["-H", "a:x", *JOB], "'a:x' is not host:slots"),
+    ("multinode.sh", ["-H", "a:0", *JOB], "'a:0' has no slots"),
+    ("multinode.sh", ["-H", "a:1,,b:1", *JOB], "'' is not host:slots"),
+    ("multinode.sh", ["-H", "a:1,b:1", "-n", "0", *JOB], "-n 0: expected a positive integer"),
+    ("multinode.sh", ["-H", "a:1,b:1", "-n", "3", *JOB], "more processes than the 2 slots"),
+    ("mpirun.sh", ["-n", "0", *JOB], "-n 0: expected a positive integer"),
+    ("mpirun.sh", ["-n", "2", "-H", "a:x", *JOB], "'a:x' is not host:slots"),
+    ("slurm.sbatch", ["--nodes", "0", *JOB], "--nodes (SLURM_JOB_NUM_NODES) 0: expected a positive integer"),
+    ("slurm.sbatch", ["--gpus-per-node", "8(x2)", *JOB], "expected a positive integer"),
 ])
 def test_bad_arguments_are_one_clear_error(script, args, needle):
     proc = launch(script, *args, "--dry-run", check=False)
@@ -102,3 +113,40 @@ def test_relative_paths_resolve_where_the_user_stands(script, tmp_path):
     words = command_line(proc.stdout)
     assert words[words.index("--data") + 1] == f"{tmp_path}/records/mine"
     assert words[words.index("--workdir") + 1] == f"{tmp_path}/runs/mine"
+
+
+def test_multinode_hostfile_needs_slots_on_every_line(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\nnode1 slots=8\n\nnode2\n")
+    proc = launch("multinode.sh", "--hostfile", str(hostfile), *JOB, "--dry-run", check=False)
+    assert proc.returncode == 2 and f"--hostfile {hostfile}, line 4: 'node2' has no slots=N" in proc.stderr
+    assert proc.stdout == ""
+    hostfile.write_text("# the cluster\nnode1 slots=8\n\nnode2 slots=4  # smaller\n")
+    words = command_line(launch("multinode.sh", "--hostfile", str(hostfile), *JOB, "--dry-run").stdout)
+    assert words[1:4] == ["--gloo", "-np", "12"]
+
+
+def test_slurm_counts_from_the_environment_are_checked():
+    proc = subprocess.run(["bash", "launch/slurm.sbatch", "--dry-run", *JOB], cwd=ROOT, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "SLURM_NTASKS_PER_NODE": "x"})
+    assert proc.returncode == 2 and "SLURM_NTASKS_PER_NODE) x: expected a positive integer" in proc.stderr
+
+
+def test_slurm_script_finds_its_helpers_from_the_spool_copy(tmp_path):
+    """sbatch runs a copy of the script from its spool directory: the helpers are found from
+    the submit directory or DCSP_HOME, and without either the error says what to do."""
+    spool = tmp_path / "spool" / "job42"
+    spool.mkdir(parents=True)
+    (spool / "slurm_script").write_text(open(f"{ROOT}/launch/slurm.sbatch").read())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(**env):
+        return subprocess.run(["bash", str(spool / "slurm_script"), "--dry-run", *JOB], cwd=elsewhere,
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
+    for env in ({"SLURM_SUBMIT_DIR": ROOT}, {"SLURM_SUBMIT_DIR": str(elsewhere), "DCSP_HOME": ROOT}):
+        proc = run(**env)
+        assert proc.returncode == 0, proc.stderr
+        assert command_line(proc.stdout)[0] == "srun"
+    proc = run(SLURM_SUBMIT_DIR=str(elsewhere))
+    assert proc.returncode == 2 and "cannot find launch/common.sh" in proc.stderr and "DCSP_HOME" in proc.stderr
