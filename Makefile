@@ -13,13 +13,13 @@ setup:
 	@GPU=$(GPU) bash scripts/setup.sh
 
 test: setup
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -p no:cacheprovider tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests
 
 test-unit: setup
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/parallel
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests --ignore=tests/parallel
 
 test-parallel: setup
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -p no:cacheprovider tests/parallel
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests/parallel
 
 demo: setup
 	NP=$(NP) SEED=$(SEED) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh

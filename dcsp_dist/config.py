@@ -77,6 +77,7 @@ class Config:
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run
     # --- distribution ---
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
+    elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 20
@@ -89,7 +90,7 @@ class Config:
         at_least = {"num_classes": 2, "base_width": 1, "crop_size": 9, "global_batch": 1, "reference_batch": 1,
                     "attention_steps": 1, "segmentation_steps": 1, "adapt_segmentation_steps": 1,
                     "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "image_summary_every": 1,
-                    "shuffle_buffer": 1, "warmup_steps": 0, "crf_iterations": 0}
+                    "shuffle_buffer": 1, "warmup_steps": 0, "crf_iterations": 0, "elastic_commit_every": 1}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, not {getattr(self, name)}")

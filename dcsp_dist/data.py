@@ -205,8 +205,12 @@ def _zip_with_cues(image_file, cue_file):
 
 def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int = 1,
                        cue_dir: str | None = None, split: str | None = None,
-                       shuffle: bool = True) -> tf.data.Dataset:
+                       shuffle: bool = True, start_step: int = 0) -> tf.data.Dataset:
     """Endless batches of augmented crops for this rank.
+
+    ``start_step``: the training step the pipeline starts at when it is rebuilt mid-stage
+    (elastic training after a change of world size); it moves the seeds on, so a restarted
+    pipeline does not replay the batches it drew from step 0.
 
     Elements: {"image" [B, crop, crop, 3] float32, "tags" [B, 20], "id" [B]} plus
     "cue" [B, crop, crop] uint8 when ``cue_dir`` is given (segmentation stages).
@@ -220,7 +224,7 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
         files_ds = tf.data.Dataset.from_tensor_slices((files, cue_files))
     else:
         files_ds = tf.data.Dataset.from_tensor_slices(files)
-    seed = cfg.seed * 7919 + rank  # every rank draws its own augmentations
+    seed = cfg.seed * 7919 + rank + 1_000_003 * start_step  # every rank draws its own augmentations
     if shuffle:
         files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     files_ds = files_ds.repeat()

@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 import horovod.tensorflow as hvd
+import horovod.tensorflow.elastic  # noqa: F401  (hvd.elastic)
+from horovod.common import elastic as hvd_elastic_common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,13 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None,
         tf.config.experimental.enable_op_determinism()
     _CONTEXT = ctx
     return ctx
+
+
+def refresh_context() -> Context:
+    """Re-read rank and world size (they change when an elastic job's workers come or go)."""
+    global _CONTEXT
+    _CONTEXT = Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    return _CONTEXT
 
 
 def context() -> Context:
@@ -255,3 +264,64 @@ def check_on_every_rank(check, error_type=ValueError) -> None:
 def allreduce_mean_tensor(tensor: tf.Tensor) -> tf.Tensor:
     """Graph-friendly mean over ranks (usable inside tf.function, e.g. for step losses)."""
     return hvd.allreduce(tensor, op=hvd.Average)
+
+
+# ============================================================================ elastic
+def elastic_enabled() -> bool:
+    """True when launched by ``horovodrun --min-np/--max-np --host-discovery-script``."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+class ElasticState(hvd_elastic_common.ObjectState):
+    """Horovod elastic state for Keras 3 models: weights, optimizer slots and step counter
+    (``optimizer.iterations``), plus plain Python attributes given as keywords.
+
+    Horovod's own ``TensorFlowKerasState`` broadcasts the Keras variables themselves and
+    fails on Keras 3 (horovod#4290), so saving, restoring and syncing go through the
+    underlying ``tf.Variable``s, as ``broadcast_state`` does. ``commit()`` copies every
+    variable to host memory (numpy) and checks for host changes; after a worker is lost the
+    survivors ``restore()`` the last commit; ``sync()`` sends rank 0's state to every rank,
+    including workers that just joined.
+    """
+
+    def __init__(self, model, optimizer, **attributes):
+        self._variables = raw_variables(list(model.variables) + list(optimizer.variables))
+        self._saved_values = None
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, **attributes)
+        self._save_variables()
+
+    def _save_variables(self):
+        self._saved_values = [v.numpy() for v in self._variables]
+
+    def save(self):
+        self._save_variables()
+        super().save()
+
+    def restore(self):
+        for variable, value in zip(self._variables, self._saved_values):
+            variable.assign(value)
+        super().restore()
+
+    def sync(self):
+        if self._variables:
+            hvd.broadcast_variables(self._variables, root_rank=0)
+        super().sync()
+        self._save_variables()
+
+
+def run_elastic(func):
+    """Horovod's elastic driver loop around ``func(state)``: on a lost worker the
+    survivors roll back to the last commit, re-form the ring and call ``func`` again; on
+    added workers everyone syncs from rank 0 and calls it again."""
+    from horovod.common.exceptions import HorovodInternalError
+
+    def guarded(state, *args, **kwargs):
+        try:
+            return func(state, *args, **kwargs)
+        except tf.errors.OpError as exc:
+            # Horovod's wrapper only recognises UnknownErrors naming its ops; a lost peer in
+            # a tf.function step surfaces as "Horovod has been shut down" (another type).
+            if peer_failed(exc) or "Horovod" in str(exc):
+                raise HorovodInternalError(exc) from exc
+            raise
+    return hvd.elastic.run(guarded)

@@ -220,9 +220,11 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
         layout.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
 
     # ---- input pipeline ---------------------------------------------------------------
-    per_rank = cfg.per_rank_batch(ctx.size)
+    elastic = distributed.elastic_enabled()
     cue_dir = layout.stage_dir(workdir, CUES_FOR[stage]) if stage in CUES_FOR else None
-    dataset = data.make_train_dataset(data_dir, cfg, per_rank, ctx.rank, ctx.size, cue_dir=cue_dir)
+    if not elastic:   # an elastic job builds its pipeline for each world size in the loop
+        dataset = data.make_train_dataset(data_dir, cfg, cfg.per_rank_batch(ctx.size), ctx.rank, ctx.size,
+                                          cue_dir=cue_dir)
     manifest = records.read_manifest(data_dir, cfg.train_split)
     files = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size)
 
@@ -234,19 +236,22 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
     # Rank 0 finds the newest checkpoint that reads back in full, from the files themselves
     # (a lost index or a damaged newest checkpoint never means "start from scratch"); a
     # failure is raised on every rank, so none waits in the broadcast below.
+    # In an elastic job every rank reads the (shared) checkpoint itself instead: a worker
+    # that joins later must meet no collective before the elastic state's sync.
     latest, failure = None, None
-    if ctx.is_chief:
+    if ctx.is_chief or elastic:
         try:
             latest = checkpoints.newest_readable(ckpt_dir, warn=lambda m: distributed.log(f"[{stage}] {m}"))
             if latest is None and stage in INIT_FROM:
                 _restore_model(model, _stage_checkpoint(workdir, INIT_FROM[stage]), f"the {INIT_FROM[stage]} stage's checkpoint")
         except checkpoints.CheckpointError as exc:
             failure = str(exc)
-    failure = distributed.broadcast_object(failure)
+    if not elastic:
+        failure = distributed.broadcast_object(failure)
     if failure:
         raise checkpoints.CheckpointError(failure)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-    if ctx.is_chief:
+    if ctx.is_chief or elastic:
         if latest:
             checkpoint.restore(latest).expect_partial()
             distributed.log(f"[{stage}] resuming from {latest}")
@@ -256,55 +261,96 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             distributed.log(f"[{stage}] initialised from {load_initial_weights(model, cfg.init_weights)}")
     # Rank 0's weights, optimizer slots and step (optimizer.iterations) go to every rank.
     # The optimizer is built in StageTrainer, so this can happen before the first step.
-    distributed.broadcast_state(model, optimizer)
+    if not elastic:
+        distributed.broadcast_state(model, optimizer)
     start = int(optimizer.iterations.numpy())
 
     # ---- loop ---------------------------------------------------------------------------
-    writer = tf.summary.create_file_writer(os.path.join(directory, "tb")) if ctx.is_chief else None
     if start >= steps:
         distributed.log(f"[{stage}] already at step {start}/{steps}")
-    iterator = iter(dataset)
-    tick, last_step = time.time(), start
     t0 = time.time()
-    for step in range(start, steps):
-        try:
-            batch = next(iterator)
-        except tf.errors.DataLossError as exc:
-            raise records.DataError(records.damaged_shard_message(data_dir, manifest, files, exc)) from None
-        step_start = time.time()
-        values = trainer.step(batch).numpy()
-        if not np.isfinite(values).all():
-            raise FloatingPointError(
-                f"[{stage}] non-finite loss {values[0]} at step {step + 1}; stopped. The last good "
-                f"checkpoint is kept: {manager.latest_checkpoint or 'none yet'}")
-        done = step + 1
-        if ctx.is_chief and (done % cfg.log_every == 0 or done == steps):
-            now = time.time()
-            images_per_sec = (done - last_step) * cfg.global_batch / max(now - tick, 1e-9)
-            lr = float(schedule(done - 1))
-            eta = (now - t0) / max(done - start, 1) * (steps - done)
-            distributed.log(
-                f"[{stage}] step {done}/{steps} ({100 * done / steps:.0f}%) loss {values[0]:.4f} "
-                f"(cls {values[1]:.4f} seg {values[2]:.4f} l2 {values[3]:.4f}) lr {lr:.2e} "
-                f"{images_per_sec:.1f} img/s ETA {_fmt_eta(eta)}")
-            with writer.as_default(step=done):
-                for name, v in zip(("total", "classification", "segmentation", "l2"), values):
-                    tf.summary.scalar(f"loss/{name}", v)
-                tf.summary.scalar("learning_rate", lr)
-                tf.summary.scalar("images_per_sec", images_per_sec)
-                tf.summary.scalar("step_time_sec", time.time() - step_start)
-            tick, last_step = now, done
-        if ctx.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
-            with writer.as_default(step=done):
-                tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
-        if ctx.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
-            _save(manager, done)
+    writers = {}
+
+    def writer():
+        """Rank 0's TensorBoard writer (rank 0 may change in an elastic job)."""
+        if "tb" not in writers:
+            writers["tb"] = tf.summary.create_file_writer(os.path.join(directory, "tb"))
+        return writers["tb"]
+
+    def run_steps(first: int, iterator, c, on_step=None) -> None:
+        """Steps ``first``..``steps`` on this rank's ``iterator``; ``c`` is the job's context."""
+        tick, last_step = time.time(), first
+        for step in range(first, steps):
+            try:
+                batch = next(iterator)
+            except tf.errors.DataLossError as exc:
+                raise records.DataError(records.damaged_shard_message(data_dir, manifest, files, exc)) from None
+            step_start = time.time()
+            values = trainer.step(batch).numpy()
+            if not np.isfinite(values).all():
+                raise FloatingPointError(
+                    f"[{stage}] non-finite loss {values[0]} at step {step + 1}; stopped. The last good "
+                    f"checkpoint is kept: {manager.latest_checkpoint or 'none yet'}")
+            done = step + 1
+            if c.is_chief and (done % cfg.log_every == 0 or done == steps):
+                now = time.time()
+                images_per_sec = (done - last_step) * cfg.global_batch / max(now - tick, 1e-9)
+                lr = float(schedule(done - 1))
+                eta = (now - t0) / max(done - first, 1) * (steps - done)
+                distributed.log(
+                    f"[{stage}] step {done}/{steps} ({100 * done / steps:.0f}%) loss {values[0]:.4f} "
+                    f"(cls {values[1]:.4f} seg {values[2]:.4f} l2 {values[3]:.4f}) lr {lr:.2e} "
+                    f"{images_per_sec:.1f} img/s ETA {_fmt_eta(eta)}")
+                with writer().as_default(step=done):
+                    for name, v in zip(("total", "classification", "segmentation", "l2"), values):
+                        tf.summary.scalar(f"loss/{name}", v)
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("images_per_sec", images_per_sec)
+                    tf.summary.scalar("step_time_sec", time.time() - step_start)
+                tick, last_step = now, done
+            if c.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
+                with writer().as_default(step=done):
+                    tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
+            if c.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
+                _save(manager, done)
+            if on_step:
+                on_step(done)
+
+    if elastic:
+        # Horovod elastic: commit (weights, optimizer, step) to host memory every
+        # elastic_commit_every steps; a lost worker rolls the others back to the last commit,
+        # a new one syncs from rank 0. The global batch is kept and re-split over the new
+        # world; each rank's pipeline is rebuilt for its new shards from the committed step.
+        state = distributed.ElasticState(model, optimizer, step=start)
+        calls = []
+
+        def on_step(done):
+            state.step = done
+            if done % cfg.elastic_commit_every == 0 or done == steps:
+                state.commit()
+
+        @distributed.run_elastic
+        def elastic_loop(state):
+            c = distributed.refresh_context()
+            per = cfg.per_rank_batch(c.size)   # ValueError (one line, every rank) if it does not divide
+            if calls:
+                distributed.log(f"[{stage}] elastic: {c.size} rank(s) from step {state.step}, "
+                                f"{per} image(s) per rank")
+            calls.append(state.step)
+            iterator = iter(data.make_train_dataset(data_dir, cfg, per, c.rank, c.size, cue_dir=cue_dir,
+                                                    start_step=state.step))
+            run_steps(state.step, iterator, c, on_step)
+
+        elastic_loop(state)
+        ctx = distributed.context()
+    else:
+        run_steps(start, iter(dataset), ctx)
     digest, hosts = distributed.check_weights_in_sync(model.variables, f"[{stage}] end of stage")
     print(f"[{stage}] rank {ctx.rank} on {hosts[ctx.rank]}: weights sha256 {digest}", flush=True)
     if ctx.is_chief:
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{steps}"):
             _save(manager, max(steps, start))
-        writer.flush()
+        writer().flush()
         rel = os.path.relpath(manager.latest_checkpoint, directory)
         layout.write_json(layout.done_path(workdir, stage),
                           {"stage": stage, "steps": steps, "checkpoint": rel,
@@ -398,16 +444,22 @@ def check_inputs(stages, cfg, ctx, data_dir: str, verify_data: bool = False) -> 
     manifest = records.read_manifest(data_dir, cfg.train_split)
     mine = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
                                   what=f"{data_dir} split {cfg.train_split}")
-    # Every rank checks its own shards; a damaged one stops every rank.
-    distributed.check_on_every_rank(lambda: records.check_shards(data_dir, manifest, mine, deep=verify_data),
-                                    records.DataError)
+    # Every rank checks its own shards; a damaged one stops every rank. (Elastic jobs check
+    # all shards on every rank without a collective: a joining worker's first collective
+    # must be the elastic state's sync.)
+    if distributed.elastic_enabled():
+        records.check_shards(data_dir, manifest, records.shard_files(data_dir, manifest), deep=verify_data)
+    else:
+        distributed.check_on_every_rank(lambda: records.check_shards(data_dir, manifest, mine, deep=verify_data),
+                                        records.DataError)
     if "cues" in stages and not manifest.get("has_saliency"):
         raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: the training split has no "
                                 f"saliency maps, which the cues stage needs (see data_tools.saliency)")
     if manifest.get("role") not in (None, "train") or not manifest["num_examples"]:
         raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: not a training split "
                                 f"(role {manifest.get('role')}, {manifest['num_examples']} examples)")
-    cfg.per_rank_batch(ctx.size)
+    if not distributed.elastic_enabled():   # elastic: checked for each world inside the loop
+        cfg.per_rank_batch(ctx.size)
 
 
 def _is_done(workdir: str, stage: str) -> bool:
@@ -438,12 +490,19 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
     from dcsp_dist import distributed
 
     stages = layout.SCHEDULE if stage == "all" else (stage,)
+    elastic = distributed.elastic_enabled()
+    if elastic and any(name not in layout.TRAINING_STAGES for name in stages):
+        raise ValueError(f"--stage {stage}: elastic jobs run one training stage at a time ("
+                         f"{', '.join(layout.TRAINING_STAGES)}); run the cue stages with launch/local.sh or "
+                         f"launch/multinode.sh")
     layout.check_writable_dir(workdir, "--workdir")
     check_inputs(stages, cfg, ctx, data_dir, verify_data)
-    distributed.check_same_everywhere(cfg.digest(), "the config")
+    if not elastic:   # horovodrun starts every elastic worker with the same command
+        distributed.check_same_everywhere(cfg.digest(), "the config")
     for name in stages:
         # Rank 0 owns the run directory; every rank follows its view of what is done.
-        if distributed.broadcast_object(_is_done(workdir, name) if ctx.is_chief else None):
+        if (_is_done(workdir, name) if elastic
+                else distributed.broadcast_object(_is_done(workdir, name) if ctx.is_chief else None)):
             distributed.log(f"[{name}] already done, skipping")
             continue
         if name in layout.TRAINING_STAGES:

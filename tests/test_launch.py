@@ -23,7 +23,7 @@ def command_line(stdout):
 
 
 @pytest.mark.parametrize("script", ["local.sh", "multinode.sh", "mpirun.sh", "slurm.sbatch", "k8s.sh",
-                                    "tensorboard.sh"])
+                                    "tensorboard.sh", "elastic.sh"])
 def test_help(script):
     out = launch(script, "--help").stdout
     assert out.startswith("Usage:")
@@ -93,6 +93,10 @@ def test_tensorboard_binds_localhost_by_default(tmp_path):
     ("multinode.sh", ["-H", "a:1,b:1", "-n", "3", *JOB], "more processes than the 2 slots"),
     ("mpirun.sh", ["-n", "0", *JOB], "-n 0: expected a positive integer"),
     ("mpirun.sh", ["-n", "2", "-H", "a:x", *JOB], "'a:x' is not host:slots"),
+    ("elastic.sh", ["--min-np", "2", "--max-np", "1", "-H", "a:1", *JOB], "--min-np 2 is more than --max-np 1"),
+    ("elastic.sh", ["--min-np", "1", "--max-np", "2", *JOB], "give --host-discovery-script FILE or -H"),
+    ("elastic.sh", ["--min-np", "1", "--max-np", "2", "--host-discovery-script", "/nonexistent", *JOB],
+     "/nonexistent: no such file"),
     ("slurm.sbatch", ["--nodes", "0", *JOB], "--nodes (SLURM_JOB_NUM_NODES) 0: expected a positive integer"),
     ("slurm.sbatch", ["--gpus-per-node", "8(x2)", *JOB], "expected a positive integer"),
 ])
@@ -150,3 +154,14 @@ def test_slurm_script_finds_its_helpers_from_the_spool_copy(tmp_path):
         assert command_line(proc.stdout)[0] == "srun"
     proc = run(SLURM_SUBMIT_DIR=str(elsewhere))
     assert proc.returncode == 2 and "cannot find launch/common.sh" in proc.stderr and "DCSP_HOME" in proc.stderr
+
+
+def test_elastic_dry_run(tmp_path):
+    words = command_line(launch("elastic.sh", "--min-np", "2", "--max-np", "4", "-H", "n1:2,n2:2",
+                                "--blacklist-cooldown-range", "10", "20", "--network-interface", "ib0",
+                                "--stage", "segmentation", "--config", "voc_paper", "--data", "/d",
+                                "--workdir", str(tmp_path), "--dry-run").stdout)
+    assert words[1:9] == ["--gloo", "-np", "4", "--min-np", "2", "--max-np", "4", "--host-discovery-script"]
+    assert words[9] == f"{tmp_path}/discover_hosts.sh"
+    assert ["--blacklist-cooldown-range", "10", "20"] == words[10:13]
+    assert words[words.index("-m") + 1] == "dcsp_dist.train"

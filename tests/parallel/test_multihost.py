@@ -84,7 +84,7 @@ class TwoHosts:
         for ns in self.ns.values():
             _run("ip", "netns", "add", ns)
             _run("ip", "-n", ns, "link", "set", "lo", "up")
-        a, b = self.ns["hostA"], self.ns["hostB"]
+        a = self.ns["hostA"]
         _run("ip", "link", "add", f"va{a[5:]}", "type", "veth", "peer", "name", f"vb{a[5:]}")
         for host, end in (("hostA", f"va{a[5:]}"), ("hostB", f"vb{a[5:]}")):
             ns = self.ns[host]
