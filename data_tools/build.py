@@ -10,7 +10,10 @@ SegmentationClassAug/<id>.png or SegmentationClass/<id>.png. Writes
 
 The split's role (from its name unless --role is given) decides what is required:
 train needs tags and saliency, eval needs masks, test needs neither. Default shard count:
-64 (so a 64-rank job still gets whole files), or one per example for smaller splits.
+64 (so a 64-rank job still gets whole files), or one per example for smaller splits; splits
+of 32,768 images or more get 256 per started 65,536 (COCO train2014: 512, val2014: 256).
+Other sources: --tag-list with --classes (any classes), --coco-annotations with --images
+(MS COCO instances files; the rule is in data_tools/coco.py).
 Every bad item is reported (one line each) and nothing is written, unless --skip-bad.
 """
 from __future__ import annotations
@@ -32,6 +35,16 @@ from dcsp_dist.voc import CLASS_NAMES
 from dcsp_dist.workdir import check_writable_dir, write_json
 
 DEFAULT_SHARDS = 64
+LARGE_SPLIT = 32768
+
+
+def default_shards(num_images: int) -> int:
+    """64 files (whole files for up to 64 ranks) for splits under 32,768 images, or one per
+    image when smaller; larger splits get 256 files per started 65,536 images (COCO 2014:
+    train 82,783 -> 512 files, val 40,504 -> 256), so 256 ranks still read whole files."""
+    if num_images < LARGE_SPLIT:
+        return min(DEFAULT_SHARDS, num_images)
+    return 256 * -(-num_images // 65536)
 
 
 def _shard_of(position: int, total: int, num_shards: int) -> int:
@@ -59,7 +72,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     unique_keys = [(keys or ids)[first[image_id]] for image_id in unique_ids]
     if not unique_ids:
         raise BuildError([f"split {split}: the id list is empty"])
-    num_shards = num_shards or min(DEFAULT_SHARDS, len(unique_ids))
+    num_shards = num_shards or default_shards(len(unique_ids))
     if not 1 <= num_shards <= len(unique_ids):
         raise BuildError([f"--num-shards {num_shards}: must be between 1 and the number of ids ({len(unique_ids)})"])
 
@@ -80,6 +93,9 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
             results = pool.map(load, unique_keys, chunksize=8)
             for position, item in enumerate(tqdm(results, total=len(unique_ids), disable=not progress,
                                                  desc=f"build {split}", unit="img")):
+                if item.get("skip"):   # left out by the source's rule (e.g. COCO, no annotations)
+                    skipped.append({"id": item["id"], "reasons": [item["skip"]]})
+                    continue
                 if item["problems"]:
                     problems.extend(item["problems"])
                     skipped.append({"id": item["id"], "reasons": item["problems"]})
@@ -162,20 +178,43 @@ def main(argv=None) -> int:
     source.add_argument("--tag-list", help="tags.tsv: image path<TAB>class,class[<TAB>mask path[<TAB>saliency path]] "
                                            "per line, paths relative to the file's folder")
     source.add_argument("--classes", help="with --tag-list: classes.txt, one object class per line (background is 0)")
-    parser.add_argument("--saliency-dir", help="<image file stem>.png or .npz saliency maps (tag list)")
+    source.add_argument("--coco-annotations", help="COCO instances JSON (e.g. annotations/instances_train2014.json)")
+    source.add_argument("--images", help="with --coco-annotations: the folder of the file's images")
+    parser.add_argument("--saliency-dir", help="<image file stem>.png or .npz saliency maps (tag list, COCO)")
     parser.add_argument("--split", help="split name for the output files (default: list file's stem)")
     parser.add_argument("--out", required=True, help="output directory for shards + manifest")
     parser.add_argument("--role", choices=ROLES, help="what the split needs (default from its name)")
     parser.add_argument("--num-shards", type=int, default=None,
-                        help=f"shard files (default: min({DEFAULT_SHARDS}, number of images))")
+                        help=f"shard files (default: min({DEFAULT_SHARDS}, number of images); 256 per started "
+                             f"65,536 images for splits of {LARGE_SPLIT} or more)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="write the good items and <split>.skipped.json instead of failing")
     parser.add_argument("--workers", type=int, default=None, help="parallel readers (default: cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if bool(args.tag_list) == bool(args.root):
-        parser.error("give either --root with --split-list (VOC layout) or --tag-list with --classes")
-    if args.tag_list:
+    if sum(map(bool, (args.tag_list, args.root, args.coco_annotations))) != 1:
+        parser.error("give one source: --root with --split-list (VOC layout), --tag-list with --classes, "
+                     "or --coco-annotations with --images")
+    if args.saliency_dir and not os.path.isdir(args.saliency_dir):
+        print(f"error: --saliency-dir {args.saliency_dir}: no such directory", file=sys.stderr)
+        return 2
+    if args.coco_annotations:
+        from data_tools.coco import CocoError, load_coco_item, read_coco
+        if not args.images or not os.path.isdir(args.images):
+            parser.error(f"--coco-annotations needs --images DIR (the folder of its images){'; ' + args.images + ' is not a directory' if args.images else ''}")
+        try:
+            class_names, keys = read_coco(args.coco_annotations)
+        except CocoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        ids = [os.path.splitext(k["file_name"])[0] for k in keys]
+        source = dict(class_names=class_names, keys=keys,
+                      load=functools.partial(load_coco_item, os.path.abspath(args.images),
+                                             saliency_dir=args.saliency_dir, num_classes=len(class_names)))
+        list_file = args.coco_annotations
+        if not args.split:
+            parser.error("--coco-annotations needs --split (e.g. train or val)")
+    elif args.tag_list:
         if not args.classes:
             parser.error("--tag-list needs --classes")
         try:
@@ -198,7 +237,7 @@ def main(argv=None) -> int:
         ids, source, list_file = read_id_list(args.split_list), {}, args.split_list
     split = args.split or os.path.splitext(os.path.basename(list_file))[0]
     try:
-        manifest = build(args.root or os.path.dirname(os.path.abspath(list_file)), ids, split, args.out, args.role,
+        manifest = build(args.root or args.images or os.path.dirname(os.path.abspath(list_file)), ids, split, args.out, args.role,
                          args.num_shards, args.skip_bad, args.workers, progress=not args.quiet, **source)
     except BuildError as exc:
         for line in exc.problems:

@@ -143,7 +143,7 @@ def load_item(root: str, image_id: str, role: str) -> dict:
 
 
 def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[str], role: str,
-               saliency_stem: str | None, mask_paths: list[str], num_classes: int) -> dict:
+               saliency_stem: str | None, mask_paths: list[str], num_classes: int, mask=None) -> dict:
     """The record item of one image from its files, for any source (see ``load_item``)."""
     item = {"id": image_id, "problems": problems, "saliency_png": None, "mask_png": None}
     if not os.path.isfile(path):
@@ -175,10 +175,12 @@ def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[
     elif role == "train":
         problems.append(f"{saliency_stem or path}.png (or .npz): missing saliency map")
 
-    mask = _read_mask(mask_paths, problems, num_classes)
+    if mask is None:   # a source may hand over the mask itself (COCO paints it from polygons)
+        mask = _read_mask(mask_paths, problems, num_classes)
     if mask is not None:
         if mask.shape != (height, width):
-            problems.append(f"{mask_paths[0]}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height}")
+            problems.append(f"{mask_paths[0] if mask_paths else path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                            f"image is {width}x{height}")
         else:
             item["mask_png"] = _png_bytes(mask)
     elif role == "eval":
