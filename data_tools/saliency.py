@@ -2,6 +2,11 @@
 
     python -m data_tools.saliency --root VOC2012 --split-list lists/train_aug.txt
     python -m data_tools.saliency --root VOC2012 --split-list ... --model dhsnet.keras
+    python -m data_tools.saliency --images photos/ [--list photos.txt] --out-dir saliency/
+
+The second form takes any folder of images (every .jpg/.jpeg/.png in it, or the paths in
+--list, relative to --images) and writes <out-dir>/<image file stem>.png, which
+``data_tools.build --saliency-dir`` reads for any source.
 
 As the authors' gen_saliency_voc.py computes it: pass 1 runs the detector on the image
 resized to the detector's input size (DHSNet's and the default: 224x224, aspect ratio not
@@ -110,10 +115,9 @@ def _write_png(sal: np.ndarray, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _process(root: str, out_dir: str, overwrite: bool, image_id: str, detector=frequency_tuned) -> str | None:
-    """Compute and write one map; returns a problem line or None."""
-    src = os.path.join(root, "JPEGImages", image_id + ".jpg")
-    dst = os.path.join(out_dir, image_id + ".png")
+def _process(overwrite: bool, job: tuple, detector=frequency_tuned) -> str | None:
+    """Compute and write one map for job = (image path, map path); a problem line or None."""
+    src, dst = job
     if os.path.exists(dst) and not overwrite:
         return None
     try:
@@ -125,27 +129,75 @@ def _process(root: str, out_dir: str, overwrite: bool, image_id: str, detector=f
     return None
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_jobs(images: str, list_file: str | None, out_dir: str) -> list[tuple[str, str]]:
+    """(image, map) pairs for a folder of images; ValueError naming the flag if unusable."""
+    if not os.path.isdir(images):
+        raise ValueError(f"--images {images}: no such directory")
+    if list_file:
+        if not os.path.isfile(list_file):
+            raise ValueError(f"--list {list_file}: no such file")
+        with open(list_file) as fh:
+            names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
+        missing = [n for n in names if not os.path.isfile(os.path.join(images, n))]
+        if missing:
+            raise ValueError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
+                             f"e.g. {missing[0]}")
+    else:
+        names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise ValueError(f"--images {images}: no .jpg, .jpeg or .png files there")
+    stems: dict[str, str] = {}
+    for name in names:
+        stem = os.path.splitext(os.path.basename(name))[0]
+        if stem in stems:
+            raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
+        stems[stem] = name
+    return [(os.path.join(images, n), os.path.join(out_dir, s + ".png")) for s, n in stems.items()]
+
+
 def main(argv=None) -> int:
     from tqdm import tqdm
     from data_tools.sources import check_root_and_list, read_id_list
 
     parser = argparse.ArgumentParser(prog="python -m data_tools.saliency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="VOC-layout directory with JPEGImages/")
-    parser.add_argument("--split-list", required=True, help="ids to process")
-    parser.add_argument("--out-dir", help="default: <root>/Saliency")
+    parser.add_argument("--root", help="VOC-layout directory with JPEGImages/ (with --split-list)")
+    parser.add_argument("--split-list", help="with --root: ids to process")
+    parser.add_argument("--images", help="any folder of images (instead of --root)")
+    parser.add_argument("--list", help="with --images: image paths relative to --images, one per line "
+                                       "(default: every .jpg/.jpeg/.png in the folder)")
+    parser.add_argument("--out-dir", help="default: <root>/Saliency (required with --images)")
     parser.add_argument("--model", help="Keras model file or SavedModel directory (default: frequency-tuned)")
     parser.add_argument("--model-input", choices=("255", "unit"), default="255",
                         help="pixel range the model expects: 0..255 (default) or 0..1")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that exist")
     parser.add_argument("--workers", type=int, default=None, help="processes for the built-in detector")
     args = parser.parse_args(argv)
-    problem = check_root_and_list(args.root, args.split_list)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    ids = read_id_list(args.split_list)
-    out_dir = args.out_dir or os.path.join(args.root, "Saliency")
+    if bool(args.root) == bool(args.images):
+        parser.error("give --root with --split-list (VOC layout) or --images DIR")
+    if args.images:
+        if not args.out_dir:
+            parser.error("--images needs --out-dir")
+        out_dir = args.out_dir
+        try:
+            jobs = image_jobs(args.images, args.list, out_dir)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        if not args.split_list:
+            parser.error("--root needs --split-list")
+        problem = check_root_and_list(args.root, args.split_list)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        out_dir = args.out_dir or os.path.join(args.root, "Saliency")
+        jobs = [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
+                for i in read_id_list(args.split_list)]
+    ids = jobs
     os.makedirs(out_dir, exist_ok=True)
     if args.model:
         try:
@@ -153,13 +205,13 @@ def main(argv=None) -> int:
         except (FileNotFoundError, OSError, ValueError) as exc:
             print(f"error: --model {args.model}: {exc}", file=sys.stderr)
             return 2
-        problems = [p for p in (_process(args.root, out_dir, args.overwrite, i, detector)
-                                for i in tqdm(ids, desc="saliency", unit="img")) if p]
+        problems = [p for p in (_process(args.overwrite, job, detector)
+                                for job in tqdm(jobs, desc="saliency", unit="img")) if p]
     else:
-        work = functools.partial(_process, args.root, out_dir, args.overwrite)
+        work = functools.partial(_process, args.overwrite)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers or os.cpu_count(), mp_context=ctx) as pool:
-            problems = [p for p in tqdm(pool.map(work, ids, chunksize=8), total=len(ids), desc="saliency",
+            problems = [p for p in tqdm(pool.map(work, jobs, chunksize=8), total=len(jobs), desc="saliency",
                                         unit="img") if p]
     for p in problems:
         print(f"bad: {p}", file=sys.stderr)

@@ -103,3 +103,29 @@ def test_cli_builtin_detector_and_bad_model(tmp_path, capsys):
     assert (root / "Saliency" / "a.png").exists() and not list((root / "Saliency").glob("*.tmp*"))
     assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
                           "--model", str(tmp_path / "nope.keras")]) == 2
+
+
+def test_cli_any_image_folder_writes_stem_png(tmp_path, capsys):
+    """--images DIR [--list FILE] --out-dir DIR: <image file stem>.png for each image, the
+    size of its image; a bad list or colliding stems are one clear error."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    img, _ = _scene()
+    Image.fromarray(img).save(photos / "shop_001.jpg")
+    Image.fromarray(img[:100, :150]).save(photos / "sub" / "shop_002.png")
+    (photos / "notes.txt").write_text("not an image")              # not an image suffix: ignored
+    out = tmp_path / "sal"
+    assert saliency.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["shop_001.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("shop_001.jpg\nsub/shop_002.png\n")
+    assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out),
+                          "--workers", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["shop_001.png", "shop_002.png"]
+    assert Image.open(out / "shop_002.png").size == (150, 100)
+    listing.write_text("shop_001.jpg\nsub/nope.jpg\n")
+    assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out)]) == 2
+    assert "1 image(s) not found" in capsys.readouterr().err
+    Image.fromarray(img).save(photos / "shop_001.png")             # two files, one stem
+    assert saliency.main(["--images", str(photos), "--out-dir", str(tmp_path / "sal2")]) == 2
+    assert "would both write shop_001.png" in capsys.readouterr().err
