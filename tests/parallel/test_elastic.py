@@ -30,6 +30,34 @@ def _worker_pids(workdir, rank):
     return pids
 
 
+def _last_step(lines) -> int:
+    steps = [int(m.group(1)) for m in (re.search(r"\[attention\] step (\d+)/", l) for l in list(lines)) if m]
+    return steps[-1] if steps else 0
+
+
+def _watch(proc, at_step: int, action) -> str:
+    """Stream ``proc``'s output; once it logs step ``at_step``, call ``action(step)`` once;
+    wait for the job and return its output (the job is killed if the test fails)."""
+    lines, done = [], []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 600
+        while not done and time.time() < deadline and proc.poll() is None:
+            step = _last_step(lines)
+            if step >= at_step:
+                action(step)
+                done.append(step)
+            time.sleep(0.05)
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(timeout=10)
+    assert done, "".join(lines)[-4000:]
+    return "".join(lines)
+
+
 def _launch(synth_records, workdir, *extra):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1", DCSP_THREADS="1",
                PYTHONPATH=ROOT, PYTHON=sys.executable)
@@ -47,31 +75,16 @@ def _launch(synth_records, workdir, *extra):
 def test_worker_lost_mid_stage_then_back(synth_records, tmp_path):
     workdir = tmp_path / "run"
     proc = _launch(synth_records, workdir, "--blacklist-cooldown-range", "1", "2")
-    lines, killed_after = [], []
+    killed_after = []
 
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
+    def kill_rank_1(step):
+        pids = _worker_pids(workdir, 1)
+        assert pids, "rank 1's process not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed_after.append(step)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        deadline = time.time() + 600
-        while not killed_after and time.time() < deadline and proc.poll() is None:
-            steps = [int(m.group(1)) for m in (re.search(r"\[attention\] step (\d+)/", l) for l in list(lines)) if m]
-            if steps and steps[-1] >= 23:
-                pids = _worker_pids(workdir, 1)
-                assert pids, "rank 1's process not found"
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                killed_after = [steps[-1]]
-            time.sleep(0.05)
-        proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        reader.join(timeout=10)
-    out = "".join(lines)
+    out = _watch(proc, 23, kill_rank_1)
     assert killed_after, out[-4000:]
     assert proc.returncode == 0, out[-6000:]
     assert f"[attention] step {STEPS}/{STEPS}" in out and "[attention] done:" in out, out[-4000:]
@@ -105,21 +118,7 @@ def test_joining_worker_with_a_global_batch_that_does_not_divide_stops_with_one_
          str(synth_records), "--workdir", str(workdir), "--", "--set", "global_batch=3", "--set",
          f"attention_steps={STEPS}", "--set", f"elastic_commit_every={COMMIT}", "--set", "log_every=1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not flag.exists():
-            if any(re.search(r"\[attention\] step (2\d|[3-9]\d)/", l) for l in list(lines)):
-                flag.touch()
-            time.sleep(0.1)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        reader.join(timeout=10)
-    out = "".join(lines)
+    out = _watch(proc, 20, lambda step: flag.touch())
     assert flag.exists() and proc.returncode != 0, out[-3000:]
     errors = [l for l in out.splitlines() if "error: global_batch=3 does not divide over 2 ranks" in l]
     assert len(errors) == 2, out[-3000:]   # one line from each rank
