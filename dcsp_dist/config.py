@@ -62,6 +62,10 @@ class Config:
     # kernel. "paper_text": segmentation + classification + L2 into everything trained.
     segmentation_objective: str = "authors_code"
     cue_scales: tuple = (1.0, 0.75, 0.5)
+    # Adapted cues (spec 4.4) as the authors compute them: argmax of the fused logits over
+    # background + tags. True refines those probabilities with the dense CRF of evaluation
+    # first (an option, not the authors' step; see README, "What the demo produces").
+    adapt_crf: bool = False
     bg_threshold: float = 0.4
     # --- evaluation (spec 5) ---
     eval_scales: tuple = (1.0, 0.75, 0.5)

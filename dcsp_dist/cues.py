@@ -36,6 +36,13 @@ def attention_cues(attention, saliency, tags, bg_threshold: float = 0.4):
     return tf.cast(tf.where(best < bg_threshold, 0, label), tf.uint8)
 
 
+def adapted_probabilities(logits, tags):
+    """Softmax of fused segmentation logits [H, W, C] over background + tagged classes
+    (untagged classes get probability 0): what the optional CRF of the adapt step refines."""
+    allowed = tf.concat([[True], tf.cast(tags, tf.bool)], axis=0)[None, None, :]
+    return tf.nn.softmax(tf.where(allowed, logits, tf.constant(-float("inf"), logits.dtype)), axis=-1)
+
+
 def adapted_cues(logits, tags):
     """Adapted cues from fused segmentation logits [H, W, C] (spec 4.4, with the fix):
     argmax over background + tagged classes; untagged classes are excluded (-inf), not

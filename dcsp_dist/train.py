@@ -372,10 +372,11 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist import cues, data, distributed, metrics, records
+    from dcsp_dist import crf, cues, data, distributed, metrics, records
     from dcsp_dist.inference import make_multiscale_fn
     from dcsp_dist.progress import progress
     directory = layout.stage_dir(workdir, stage)
+    crf_params = crf.CRFParams.from_config(cfg)
     source = "attention" if stage == "cues" else "segmentation"
     manifest = records.read_manifest(data_dir, cfg.train_split)
     all_files = records.shard_files(data_dir, manifest)
@@ -394,9 +395,17 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
         maps = fused(image)                                              # [H, W, K]
         if stage == "cues":
             label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
+        elif cfg.adapt_crf:
+            return cues.adapted_probabilities(maps, tags)
         else:
             label = cues.adapted_cues(maps, tags)
-        return label, tf.io.encode_png(label[..., None])
+        return label
+
+    def cue_of(example, saliency):
+        out = make_cue(example["image"], saliency, example["tags"])
+        if stage == "adapt" and cfg.adapt_crf:
+            out = tf.constant(crf.dense_crf(example["image"].numpy(), out.numpy(), crf_params))
+        return out, tf.io.encode_png(out[..., None])
 
     matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
     total = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(data_dir, s["file"]) in mine)
@@ -409,7 +418,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
                 for ex in data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
                                                       need_saliency=stage == "cues"):
                     saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
-                    label, png = make_cue(ex["image"], saliency, ex["tags"])
+                    label, png = cue_of(ex, saliency)
                     writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
                     if has_mask:
                         matrix += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)

@@ -65,3 +65,15 @@ def test_adapted_cues_never_pick_an_untagged_class():
         allowed = {int(c) + 1 for c in np.flatnonzero(tags)} | {0}
         assert set(np.unique(got)) <= allowed
         np.testing.assert_array_equal(got, numpy_adapted_cues(logits, tags))
+
+
+def test_adapted_probabilities_exclude_untagged_classes_and_agree_with_the_argmax():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (12, 14, 21)).astype(np.float32)
+    tags = np.zeros(20, np.float32)
+    tags[[4, 11]] = 1
+    probs = cues.adapted_probabilities(tf.constant(logits), tf.constant(tags)).numpy()
+    allowed = [0, 5, 12]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert (probs[..., [c for c in range(21) if c not in allowed]] == 0).all()
+    np.testing.assert_array_equal(np.argmax(probs, -1), numpy_adapted_cues(logits, tags))
