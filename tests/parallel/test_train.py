@@ -150,3 +150,35 @@ def test_same_seed_same_run_other_seed_other_run(synth_records, tmp_path):
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     assert any(not np.array_equal(first[k], other[k]) for k in first)
+
+
+def test_adapt_with_crf_writes_cues_of_tagged_classes(tiny_run, synth_records, tmp_path):
+    """adapt_crf=true: the adapt stage's cues come from the CRF-refined restricted softmax;
+    every label is background or a tagged class, and the stage reports its cue quality."""
+    import shutil
+    import tensorflow as tf
+    from dcsp_dist import records
+    from dcsp_dist.data import decode_cue
+    workdir, _ = tiny_run
+    copy = tmp_path / "run"
+    for stage in ("attention", "cues", "segmentation"):
+        shutil.copytree(workdir / stage, copy / stage)
+    run_ranks(2, "-m", "dcsp_dist.train", "--stage", "adapt", "--config", "tiny_test", "--set", "adapt_crf=true",
+              "--data", str(synth_records), "--workdir", str(copy))
+    summary = json.load(open(copy / "adapt" / "cues.json"))
+    assert 0 < summary["miou"] <= 1
+    manifest = records.read_manifest(str(synth_records), "train")
+    tags = {}
+    for path in records.shard_files(str(synth_records), manifest):
+        for raw in tf.data.TFRecordDataset(path):
+            ex = tf.io.parse_single_example(raw, {"id": tf.io.FixedLenFeature([], tf.string),
+                                                  "tags/ids": tf.io.VarLenFeature(tf.int64)})
+            tags[ex["id"].numpy().decode()] = set(tf.sparse.to_dense(ex["tags/ids"]).numpy().tolist())
+    seen = 0
+    for path in sorted((copy / "adapt").glob("*.cues.tfrecord")):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            cue = decode_cue(raw)
+            labels = set(np.unique(cue["cue"].numpy()).tolist()) - {0}
+            assert labels <= tags[cue["id"].numpy().decode()]
+            seen += 1
+    assert seen == manifest["num_examples"]
