@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     source.add_argument("--classes", help="with --tag-list: classes.txt, one object class per line (background is 0)")
     source.add_argument("--coco-annotations", help="COCO instances JSON (e.g. annotations/instances_train2014.json)")
     source.add_argument("--images", help="with --coco-annotations: the folder of the file's images")
-    parser.add_argument("--saliency-dir", help="<image file stem>.png or .npz saliency maps (tag list, COCO)")
+    parser.add_argument("--saliency-dir", help="<image file stem>.png or .npz saliency maps, for any source "
+                                               "(VOC layout default: <root>/Saliency)")
     parser.add_argument("--split", help="split name for the output files (default: list file's stem)")
     parser.add_argument("--out", required=True, help="output directory for shards + manifest")
     parser.add_argument("--role", choices=ROLES, help="what the split needs (default from its name)")
@@ -234,7 +235,9 @@ def main(argv=None) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-        ids, source, list_file = read_id_list(args.split_list), {}, args.split_list
+        ids, list_file = read_id_list(args.split_list), args.split_list
+        source = {"load": functools.partial(load_item, args.root, saliency_dir=args.saliency_dir)} \
+            if args.saliency_dir else {}
     split = args.split or os.path.splitext(os.path.basename(list_file))[0]
     try:
         manifest = build(args.root or args.images or os.path.dirname(os.path.abspath(list_file)), ids, split, args.out, args.role,

@@ -127,7 +127,7 @@ def _read_mask(paths, problems: list, num_classes: int = len(CLASS_NAMES)) -> np
     return None
 
 
-def load_item(root: str, image_id: str, role: str) -> dict:
+def load_item(root: str, image_id: str, role: str, saliency_dir: str | None = None) -> dict:
     """Everything the record of VOC-layout ``image_id`` needs, or ``problems`` saying what is wrong.
 
     Returns {"id", "jpeg", "height", "width", "tags", "saliency_png", "mask_png",
@@ -139,7 +139,7 @@ def load_item(root: str, image_id: str, role: str) -> dict:
         problems.append(f"{root}/Annotations/{image_id}.xml (or ClassCategories/{image_id}.txt): missing tag file")
     masks = [os.path.join(root, sub, image_id + ".png") for sub in ("SegmentationClassAug", "SegmentationClass")]
     return load_files(image_id, os.path.join(root, "JPEGImages", image_id + ".jpg"), tags, problems, role,
-                      os.path.join(root, "Saliency", image_id), masks, len(CLASS_NAMES))
+                      os.path.join(saliency_dir or os.path.join(root, "Saliency"), image_id), masks, len(CLASS_NAMES))
 
 
 def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[str], role: str,

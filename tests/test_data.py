@@ -57,6 +57,24 @@ def test_saliency_npz_is_read_within_one_level(tmp_path, synth_voc):
     assert np.abs(ex["saliency"].numpy() / 255.0 - actv).max() <= 1 / 255 + 1e-6
 
 
+def test_saliency_dir_replaces_the_voc_saliency_folder(tmp_path, synth_voc):
+    """--saliency-dir works for the VOC source too: <image file stem>.png from that folder."""
+    ids = _ids(synth_voc, "train")[:3]
+    other = tmp_path / "other_saliency"
+    other.mkdir()
+    for image_id in ids:
+        sal = np.asarray(Image.open(synth_voc / "Saliency" / f"{image_id}.png"))
+        Image.fromarray(255 - sal).save(other / f"{image_id}.png")
+    listing = tmp_path / "ids.txt"
+    listing.write_text("\n".join(ids) + "\n")
+    assert build.main(["--root", str(synth_voc), "--split-list", str(listing), "--split", "train", "--out",
+                       str(tmp_path / "out"), "--saliency-dir", str(other), "--quiet", "--workers", "1"]) == 0
+    for ex in _all_records(tmp_path / "out", "train"):
+        image_id = ex["id"].numpy().decode()
+        expected = np.asarray(Image.open(other / f"{image_id}.png"))
+        np.testing.assert_array_equal(ex["saliency"].numpy().squeeze(), expected)
+
+
 def _bad_root(tmp_path, synth_voc):
     root = tmp_path / "bad"
     shutil.copytree(synth_voc, root)
