@@ -196,11 +196,18 @@ def main(argv=None) -> int:
     if sum(map(bool, (args.tag_list, args.root, args.coco_annotations))) != 1:
         parser.error("give one source: --root with --split-list (VOC layout), --tag-list with --classes, "
                      "or --coco-annotations with --images")
+    for flag, value, owner, given in (("--split-list", args.split_list, "--root", args.root),
+                                      ("--classes", args.classes, "--tag-list", args.tag_list),
+                                      ("--images", args.images, "--coco-annotations", args.coco_annotations)):
+        if value and not given:
+            parser.error(f"{flag} goes with {owner}, which was not given")
     if args.saliency_dir and not os.path.isdir(args.saliency_dir):
         print(f"error: --saliency-dir {args.saliency_dir}: no such directory", file=sys.stderr)
         return 2
     if args.coco_annotations:
         from data_tools.coco import CocoError, load_coco_item, read_coco
+        if not args.split:
+            parser.error("--coco-annotations needs --split (e.g. train or val)")
         if not args.images or not os.path.isdir(args.images):
             parser.error(f"--coco-annotations needs --images DIR (the folder of its images){'; ' + args.images + ' is not a directory' if args.images else ''}")
         try:
@@ -213,8 +220,6 @@ def main(argv=None) -> int:
                       load=functools.partial(load_coco_item, os.path.abspath(args.images),
                                              saliency_dir=args.saliency_dir, num_classes=len(class_names)))
         list_file = args.coco_annotations
-        if not args.split:
-            parser.error("--coco-annotations needs --split (e.g. train or val)")
     elif args.tag_list:
         if not args.classes:
             parser.error("--tag-list needs --classes")

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from data_tools.sources import load_files
+from data_tools.sources import class_names_problem, load_files
 
 
 class CocoError(ValueError):
@@ -48,10 +48,9 @@ def read_coco(annotations: str):
     if not categories:
         raise CocoError(f"--coco-annotations {annotations}: no categories")
     names = [str(c["name"]) for c in categories]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates or "background" in names or len(names) > 254:
-        raise CocoError(f"--coco-annotations {annotations}: category names must be 1..254 distinct names without "
-                        f"'background'{'; duplicates: ' + ', '.join(duplicates) if duplicates else ''}")
+    problem = class_names_problem(names)
+    if problem:
+        raise CocoError(f"--coco-annotations {annotations}, its categories: {problem}")
     index = {int(c["id"]): i + 1 for i, c in enumerate(categories)}
     keys = []
     for image in coco.dataset.get("images", []):

@@ -197,7 +197,6 @@ def main(argv=None) -> int:
         out_dir = args.out_dir or os.path.join(args.root, "Saliency")
         jobs = [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
                 for i in read_id_list(args.split_list)]
-    ids = jobs
     os.makedirs(out_dir, exist_ok=True)
     if args.model:
         try:
@@ -215,7 +214,7 @@ def main(argv=None) -> int:
                                         unit="img") if p]
     for p in problems:
         print(f"bad: {p}", file=sys.stderr)
-    print(f"wrote saliency maps for {len(ids) - len(problems)} of {len(ids)} images to {out_dir}")
+    print(f"wrote saliency maps for {len(jobs) - len(problems)} of {len(jobs)} images to {out_dir}")
     return 1 if problems else 0
 
 

@@ -189,16 +189,25 @@ def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[
 
 
 # ----------------------------------------------------------------------------- tag list
+def class_names_problem(names: list[str]) -> str | None:
+    """None when ``names`` can be a class list (1..254 distinct object classes, background
+    implicit as class 0 and 255 kept for "ignore"), else what is wrong."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if not names or duplicates or "background" in names or len(names) > 254:
+        return (f"expected 1..254 distinct class names without 'background' (class 0, implicit)"
+                f"{'; duplicates: ' + ', '.join(duplicates) if duplicates else ''}")
+    return None
+
+
 def read_class_list(path: str) -> list[str]:
     """``classes.txt``: one object class per line -> ["background", ...]. ValueError if bad."""
     if not os.path.isfile(path):
         raise ValueError(f"--classes {path}: no such file")
     with open(path) as fh:
         names = [line.strip() for line in fh if line.strip()]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if not names or duplicates or "background" in names or len(names) > 254:
-        raise ValueError(f"--classes {path}: expected 1..254 distinct class names, one per line, without "
-                         f"'background' (class 0, implicit){'; duplicates: ' + ', '.join(duplicates) if duplicates else ''}")
+    problem = class_names_problem(names)
+    if problem:
+        raise ValueError(f"--classes {path} (one class per line): {problem}")
     return ["background"] + names
 
 

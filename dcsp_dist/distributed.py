@@ -75,7 +75,7 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None,
         os.environ["HOROVOD_TIMELINE"] = os.path.abspath(timeline)
         os.environ.setdefault("HOROVOD_TIMELINE_MARK_CYCLES", "1")
     hvd.init()
-    ctx = Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    ctx = _read_context()
 
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -98,10 +98,14 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None,
     return ctx
 
 
+def _read_context() -> Context:
+    return Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+
+
 def refresh_context() -> Context:
     """Re-read rank and world size (they change when an elastic job's workers come or go)."""
     global _CONTEXT
-    _CONTEXT = Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    _CONTEXT = _read_context()
     return _CONTEXT
 
 
@@ -320,8 +324,9 @@ def run_elastic(func):
             return func(state, *args, **kwargs)
         except tf.errors.OpError as exc:
             # Horovod's wrapper only recognises UnknownErrors naming its ops; a lost peer in
-            # a tf.function step surfaces as "Horovod has been shut down" (another type).
-            if peer_failed(exc) or "Horovod" in str(exc):
+            # a tf.function step surfaces as "Horovod has been shut down" (another type), and
+            # any other failed Horovod op names Horovod too.
+            if "Horovod" in str(exc):
                 raise HorovodInternalError(exc) from exc
             raise
     return hvd.elastic.run(guarded)

@@ -226,7 +226,7 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
         dataset = data.make_train_dataset(data_dir, cfg, cfg.per_rank_batch(ctx.size), ctx.rank, ctx.size,
                                           cue_dir=cue_dir)
     manifest = records.read_manifest(data_dir, cfg.train_split)
-    files = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size)
+    all_shards = records.shard_files(data_dir, manifest)
 
     # ---- model, optimiser, checkpoint ---------------------------------------------------
     trainer = StageTrainer(stage, cfg)
@@ -277,14 +277,15 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             writers["tb"] = tf.summary.create_file_writer(os.path.join(directory, "tb"))
         return writers["tb"]
 
-    def run_steps(first: int, iterator, c, on_step=None) -> None:
-        """Steps ``first``..``steps`` on this rank's ``iterator``; ``c`` is the job's context."""
+    def run_steps(first: int, iterator, shards: list, c, on_step=None) -> None:
+        """Steps ``first``..``steps`` on this rank's ``iterator`` over its ``shards``; ``c``
+        is the job's context."""
         tick, last_step = time.time(), first
         for step in range(first, steps):
             try:
                 batch = next(iterator)
             except tf.errors.DataLossError as exc:
-                raise records.DataError(records.damaged_shard_message(data_dir, manifest, files, exc)) from None
+                raise records.DataError(records.damaged_shard_message(data_dir, manifest, shards, exc)) from None
             step_start = time.time()
             values = trainer.step(batch).numpy()
             if not np.isfinite(values).all():
@@ -339,12 +340,12 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
             calls.append(state.step)
             iterator = iter(data.make_train_dataset(data_dir, cfg, per, c.rank, c.size, cue_dir=cue_dir,
                                                     start_step=state.step))
-            run_steps(state.step, iterator, c, on_step)
+            run_steps(state.step, iterator, records.files_for_rank(all_shards, c.rank, c.size), c, on_step)
 
         elastic_loop(state)
         ctx = distributed.context()
     else:
-        run_steps(start, iter(dataset), ctx)
+        run_steps(start, iter(dataset), records.files_for_rank(all_shards, ctx.rank, ctx.size), ctx)
     digest, hosts = distributed.check_weights_in_sync(model.variables, f"[{stage}] end of stage")
     print(f"[{stage}] rank {ctx.rank} on {hosts[ctx.rank]}: weights sha256 {digest}", flush=True)
     if ctx.is_chief:
@@ -376,6 +377,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     from dcsp_dist.inference import make_multiscale_fn
     from dcsp_dist.progress import progress
     directory = layout.stage_dir(workdir, stage)
+    refine = stage == "adapt" and cfg.adapt_crf   # adapted cues through the dense CRF (an option)
     crf_params = crf.CRFParams.from_config(cfg)
     source = "attention" if stage == "cues" else "segmentation"
     manifest = records.read_manifest(data_dir, cfg.train_split)
@@ -395,7 +397,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
         maps = fused(image)                                              # [H, W, K]
         if stage == "cues":
             label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
-        elif cfg.adapt_crf:
+        elif refine:
             return cues.adapted_probabilities(maps, tags)
         else:
             label = cues.adapted_cues(maps, tags)
@@ -403,7 +405,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
 
     def cue_of(example, saliency):
         out = make_cue(example["image"], saliency, example["tags"])
-        if stage == "adapt" and cfg.adapt_crf:
+        if refine:
             out = tf.constant(crf.dense_crf(example["image"].numpy(), out.numpy(), crf_params))
         return out, tf.io.encode_png(out[..., None])
 

@@ -71,3 +71,11 @@ def test_bad_coco_inputs_are_reported_and_nothing_is_written(synth_voc, tmp_path
     proc = run_python("-m", "data_tools.build", "--coco-annotations", str(tmp_path / "nope.json"), "--images",
                       str(synth_voc / "JPEGImages"), "--split", "val", "--out", str(out), check=False)
     assert proc.returncode == 2 and "nope.json: no such file" in proc.stderr
+
+
+def test_flags_of_another_source_are_refused(synth_voc, tmp_path):
+    lists = synth_voc / "ImageSets" / "Segmentation" / "val.txt"
+    proc = run_python("-m", "data_tools.build", "--root", str(synth_voc), "--split-list", str(lists),
+                      "--images", str(synth_voc / "JPEGImages"), "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and "--images goes with --coco-annotations" in proc.stderr
+    assert not (tmp_path / "out").exists()
