@@ -123,12 +123,12 @@ def model_pairs(checkpoint, data):
     import tensorflow as tf
 
     from dcsp_dist import data as data_lib
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn
+    from dcsp_dist.inference import load_for_inference, make_probability_fn
     model, cfg, _ = load_for_inference(checkpoint)
-    fused = make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)
+    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
     out = []
     for ex in data_lib.make_inference_dataset(data, "val", need_mask=True):
-        probs = tf.nn.softmax(fused(ex["image"]), -1).numpy()
+        probs = probabilities(ex["image"]).numpy()
         out.append((ex["image"].numpy(), probs, ex["mask"].numpy()))
     return out, CRFParams.from_config(cfg)
 

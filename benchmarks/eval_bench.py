@@ -51,11 +51,11 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
     from dcsp_dist.crf import CRFParams, dense_crf
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn
+    from dcsp_dist.inference import load_for_inference, make_probability_fn
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
-    probs = tf.nn.softmax(make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)(tf.constant(image))).numpy()
+    probs = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)(tf.constant(image)).numpy()
     params = CRFParams.from_config(cfg)
 
     def bare():
@@ -101,14 +101,14 @@ def overlap_timing(checkpoint, data, rounds):
     import tensorflow as tf
     from dcsp_dist import data as data_lib
     from dcsp_dist.crf import CRFParams
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn, run_inference
+    from dcsp_dist.inference import load_for_inference, make_probability_fn, run_inference
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     model, cfg, _ = load_for_inference(checkpoint)
     params = CRFParams.from_config(cfg)
     dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
-    fused = make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)
+    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
 
     def per_image(stamps):
         return float(np.mean(np.diff(stamps)))  # from the first image's end: no start-up costs
@@ -116,11 +116,11 @@ def overlap_timing(checkpoint, data, rounds):
     def network():
         stamps = []
         for ex in dataset:
-            np.argmax(tf.nn.softmax(fused(ex["image"])).numpy(), -1)
+            np.argmax(probabilities(ex["image"]).numpy(), -1)
             stamps.append(time.perf_counter())
         return per_image(stamps)
 
-    items = [(ex["image"].numpy(), tf.nn.softmax(fused(ex["image"])).numpy()) for ex in dataset]
+    items = [(ex["image"].numpy(), probabilities(ex["image"]).numpy()) for ex in dataset]
 
     def crf_alone():
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -133,11 +133,12 @@ def overlap_timing(checkpoint, data, rounds):
             future = pool.submit(_crf_seconds, items, params)
             while not future.done():
                 for ex in dataset.take(2):
-                    fused(ex["image"]).numpy()
+                    probabilities(ex["image"]).numpy()
             return future.result()
 
     def inference(workers):
-        stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers, cfg.output_stride)]
+        stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers, cfg.output_stride,
+                                                          cfg.upsample_space)]
         return per_image(stamps)
 
     modes = {"network": network, "crf": crf_alone, "crf_beside": crf_beside_network, "sequential": lambda: inference(0),

@@ -66,6 +66,11 @@ class Config:
     # background + tags. True refines those probabilities with the dense CRF of evaluation
     # first (an option, not the authors' step; see README, "What the demo produces").
     adapt_crf: bool = False
+    # Where the stride-8 segmentation outputs are interpolated to the image (spec 5 and 4.4):
+    # "logits" as the authors (bilinear logits, then softmax/argmax); "probabilities" takes the
+    # softmax on the output grid first. Interpolated logits move every boundary towards the
+    # less confident class (objects shrink by up to a grid cell); see docs/conformance.md.
+    upsample_space: str = "logits"
     bg_threshold: float = 0.4
     # --- evaluation (spec 5) ---
     eval_scales: tuple = (1.0, 0.75, 0.5)
@@ -116,7 +121,8 @@ class Config:
             if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
                 raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
         enums = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
-                 "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16")}
+                 "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16"),
+                 "upsample_space": ("logits", "probabilities")}
         for name, allowed in enums.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}")
@@ -194,10 +200,11 @@ def _synthetic_demo() -> Config:
         deterministic=True,
         crop_size=113, min_scale=0.75, max_scale=1.25, global_batch=10, base_lr=1e-2,
         segmentation_base_lr=3e-3,
-        attention_steps=400, segmentation_steps=300, adapt_segmentation_steps=200,
+        attention_steps=400, segmentation_steps=600, adapt_segmentation_steps=200,
         attention_trains_backbone=True, head_init_std=0.01, shuffle_buffer=200,
         checkpoint_every=200, log_every=25, image_summary_every=100,
-        cue_scales=(1.0, 0.75), eval_scales=(1.0, 0.75), crf_bilateral_sxy=20.0)
+        cue_scales=(1.0, 0.75), eval_scales=(1.0, 0.75), crf_bilateral_sxy=20.0,
+        upsample_space="probabilities", adapt_crf=True)
 
 
 def _tiny_test() -> Config:
@@ -205,7 +212,7 @@ def _tiny_test() -> Config:
     return dataclasses.replace(
         _synthetic_demo(), name="tiny_test", base_width=4, crop_size=64, global_batch=4,
         attention_steps=4, segmentation_steps=3, adapt_segmentation_steps=3,
-        checkpoint_every=2, log_every=1, image_summary_every=2, shuffle_buffer=16)
+        checkpoint_every=2, log_every=1, image_summary_every=2, shuffle_buffer=16, adapt_crf=False)
 
 
 PRESETS = {"voc_paper": _voc_paper, "synthetic_demo": _synthetic_demo, "tiny_test": _tiny_test}

@@ -49,19 +49,24 @@ def select_labels(probs: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndar
       probs: [H, W, C] softmax probabilities.
       margin: keep label c if p_c(x) >= e^-margin * max_l p_l(x) at some pixel x (0: all).
     Returns: (labels [k] int64 ascending, k >= 2 (or C), probabilities [k, H, W] float32
-      summing to 1 per pixel).
+      summing to 1 per pixel; when every label is kept, ``probs`` as they are, transposed).
     """
     c = probs.shape[-1]
-    if margin > 0 and c > 2:
-        # Ratios as the unary sees them: -log of probabilities clipped at UNARY_CLIP.
-        best = probs.max(axis=-1, keepdims=True)                            # [H, W, 1]
-        reach = (np.maximum(probs, UNARY_CLIP) / best).max(axis=(0, 1))     # [C]
-        labels = np.flatnonzero(reach >= np.exp(-margin))
-        if len(labels) < 2:
-            labels = np.sort(np.argsort(probs.max(axis=(0, 1)))[-2:])
-    else:
-        labels = np.arange(c)
-    sub = np.ascontiguousarray(probs[..., labels].transpose(2, 0, 1), dtype=np.float32)   # [k, H, W]
+    planes = np.ascontiguousarray(np.moveaxis(probs, -1, 0), dtype=np.float32)   # [C, H, W]
+    if margin <= 0 or c <= 2:
+        return np.arange(c), planes
+    # As the unary sees them (-log of probabilities clipped at UNARY_CLIP): label c reaches
+    # e^-margin of the best where max(p_c, clip) >= e^-margin * best. Where the clip alone
+    # gets there, every label does; elsewhere it is p_c >= e^-margin * best.
+    floor = planes.max(axis=0) * np.float32(np.exp(-margin))                    # [H, W]
+    if floor.min() <= UNARY_CLIP:
+        return np.arange(c), planes
+    labels = np.array([label for label in range(c) if (planes[label] >= floor).any()], np.int64)
+    if len(labels) < 2:
+        labels = np.sort(np.argsort(planes.max(axis=(1, 2)))[-2:])
+    if len(labels) == c:
+        return labels, planes
+    sub = planes[labels]
     sub /= sub.sum(axis=0, keepdims=True)
     return labels, sub
 

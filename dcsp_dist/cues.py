@@ -36,17 +36,21 @@ def attention_cues(attention, saliency, tags, bg_threshold: float = 0.4):
     return tf.cast(tf.where(best < bg_threshold, 0, label), tf.uint8)
 
 
-def adapted_probabilities(logits, tags):
-    """Softmax of fused segmentation logits [H, W, C] over background + tagged classes
-    (untagged classes get probability 0): what the optional CRF of the adapt step refines."""
+def adapted_probabilities(scores, tags, are_probabilities: bool = False):
+    """Fused segmentation logits [H, W, C] (or probabilities) restricted to background +
+    tagged classes and renormalised (untagged classes get probability 0): what the optional
+    CRF of the adapt step refines."""
     allowed = tf.concat([[True], tf.cast(tags, tf.bool)], axis=0)[None, None, :]
-    return tf.nn.softmax(tf.where(allowed, logits, tf.constant(-float("inf"), logits.dtype)), axis=-1)
+    if are_probabilities:
+        kept = tf.where(allowed, scores, tf.zeros_like(scores))
+        return kept / tf.maximum(tf.reduce_sum(kept, axis=-1, keepdims=True), EPS)
+    return tf.nn.softmax(tf.where(allowed, scores, tf.constant(-float("inf"), scores.dtype)), axis=-1)
 
 
 def adapted_cues(logits, tags):
     """Adapted cues from fused segmentation logits [H, W, C] (spec 4.4, with the fix):
     argmax over background + tagged classes; untagged classes are excluded (-inf), not
-    multiplied by 0 as in the original."""
+    multiplied by 0 as in the original. Probabilities instead of logits work the same."""
     allowed = tf.concat([[True], tf.cast(tags, tf.bool)], axis=0)[None, None, :]   # [1, 1, C]
     masked = tf.where(allowed, logits, tf.constant(-float("inf"), logits.dtype))
     return tf.cast(tf.argmax(masked, axis=-1), tf.uint8)

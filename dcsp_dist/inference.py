@@ -5,7 +5,7 @@ from __future__ import annotations
 # top, and their CRF worker processes (spawned) must start without loading TensorFlow.
 
 
-def make_multiscale_fn(model, scales, key: str, stride: int = 8):
+def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "logits"):
     """A compiled fn: uint8 RGB image [H, W, 3] -> fused ``key`` output [H, W, K] float32.
 
     The network runs at each scale (the image resized with pixel-centre bilinear
@@ -13,6 +13,8 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8):
     maps are fused by element-wise max, and the fused map is upsampled to the image size,
     all keeping output i on the pixel it is computed around (spec 7, ``geometry``).
     ``key`` is "attention" or "segmentation"; ``stride`` the network's output stride.
+    ``space="probabilities"`` (segmentation only) returns the softmax of the fused map,
+    taken on the output grid before the upsampling (``Config.upsample_space``).
     """
     import tensorflow as tf
 
@@ -40,9 +42,28 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8):
                 out = geometry.to_reference_grid(out, reference, ratio, stride)     # [h, w, K]
             outputs.append(out)
         maps = tf.reduce_max(tf.stack(outputs), axis=0)                              # [h, w, K]
+        if space == "probabilities":
+            maps = tf.nn.softmax(maps, axis=-1)
         return geometry.upsample(maps, size, stride)                                 # [H, W, K]
 
     return fused
+
+
+def make_probability_fn(model, scales, stride: int = 8, space: str = "logits"):
+    """A compiled fn: uint8 RGB image [H, W, 3] -> class probabilities [H, W, C] (spec 5):
+    the fused segmentation logits upsampled then softmax (``space="logits"``, the authors'),
+    or softmax on the output grid then upsampled (``space="probabilities"``)."""
+    import tensorflow as tf
+
+    fused = make_multiscale_fn(model, scales, "segmentation", stride, space)
+    if space == "probabilities":
+        return fused
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)
+    def probabilities(image):
+        return tf.nn.softmax(fused(image), axis=-1)                 # [H, W, C]
+
+    return probabilities
 
 
 def load_for_inference(checkpoint: str, preset: str | None = None):
@@ -77,7 +98,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     return model, cfg, prefix
 
 
-def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8):
+def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8, space: str = "logits"):
     """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
     example of ``dataset`` (the label map is the CRF's, or the argmax without CRF).
 
@@ -93,12 +114,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
 
-    fused = make_multiscale_fn(model, scales, "segmentation", stride)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], reduce_retracing=True)
-    def probabilities(image):
-        return tf.nn.softmax(fused(image), axis=-1)                 # [H, W, C]
-
+    probabilities = make_probability_fn(model, scales, stride, space)
     if workers <= 0 or crf_params is None:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
@@ -206,7 +222,7 @@ class Job:
         from dcsp_dist import records
         try:
             yield from run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
-                                     stride=self.cfg.output_stride)
+                                     stride=self.cfg.output_stride, space=self.cfg.upsample_space)
         except tf.errors.DataLossError as exc:
             raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
 

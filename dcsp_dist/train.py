@@ -390,7 +390,8 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     _restore_model(model, _stage_checkpoint(workdir, source), f"the {source} stage's checkpoint")
     distributed.broadcast_state(model)
     key = "attention" if stage == "cues" else "segmentation"
-    fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride)
+    space = "logits" if stage == "cues" else cfg.upsample_space
+    fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride, space)
 
     @tf.function(reduce_retracing=True)
     def make_cue(image, saliency, tags):
@@ -398,7 +399,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
         if stage == "cues":
             label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
         elif refine:
-            return cues.adapted_probabilities(maps, tags)
+            return cues.adapted_probabilities(maps, tags, are_probabilities=space == "probabilities")
         else:
             label = cues.adapted_cues(maps, tags)
         return label

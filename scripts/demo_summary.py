@@ -47,7 +47,7 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     import tensorflow as tf
 
     from dcsp_dist import crf, cues
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn
+    from dcsp_dist.inference import load_for_inference, make_multiscale_fn, make_probability_fn
     from dcsp_dist.voc import color_map
 
     cmap = color_map()
@@ -55,8 +55,8 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     first, _, _ = load_for_inference(os.path.join(run, "segmentation"))
     final, _, _ = load_for_inference(os.path.join(run, "segmentation_adapted"))
     fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride)
-    fuse = {name: make_multiscale_fn(model, cfg.eval_scales, "segmentation", cfg.output_stride)
-            for name, model in (("first", first), ("final", final))}
+    probabilities = {name: make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
+                     for name, model in (("first", first), ("final", final))}
     params = crf.CRFParams.from_config(cfg)
     rows = []
     for image_id in ids:
@@ -68,7 +68,7 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
         image = tf.constant(rgb)
         cue = cues.attention_cues(fuse_attention(image), tf.constant(sal, tf.float32) / 255.0,
                                   tf.constant(tags), cfg.bg_threshold).numpy()
-        preds = [crf.dense_crf(rgb, tf.nn.softmax(fuse[k](image)).numpy(), params) for k in ("first", "final")]
+        preds = [crf.dense_crf(rgb, probabilities[k](image).numpy(), params) for k in ("first", "final")]
         panels = [rgb, np.repeat(sal[..., None], 3, -1), cmap[cue], cmap[preds[0]], cmap[preds[1]], cmap[truth]]
         rows.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in panels], 1))
     width = max(r.shape[1] for r in rows)

@@ -13,6 +13,7 @@ def test_paper_defaults_match_spec():
     assert (cfg.attention_steps, cfg.segmentation_steps, cfg.adapt_segmentation_steps) == (30000, 10000, 10000)
     assert cfg.global_batch == 10 and cfg.bg_threshold == 0.4 and cfg.cue_scales == (1.0, 0.75, 0.5)
     assert not cfg.attention_trains_backbone
+    assert cfg.upsample_space == "logits" and not cfg.adapt_crf    # the authors' adapt step and evaluation
 
 
 def test_overrides_are_typed(tmp_path):
@@ -26,7 +27,8 @@ def test_overrides_are_typed(tmp_path):
 
 
 @pytest.mark.parametrize("bad,needle", [(["nosuch=1"], "unknown setting 'nosuch'"),
-                                        (["flip=maybe"], "flip"), (["attention_steps"], "KEY=VALUE")])
+                                        (["flip=maybe"], "flip"), (["attention_steps"], "KEY=VALUE"),
+                                        (["upsample_space=pixels"], "upsample_space must be one of logits, probabilities")])
 def test_bad_overrides_name_the_setting(bad, needle):
     with pytest.raises(ValueError, match=needle):
         config.make_config("voc_paper", config.parse_overrides(bad))

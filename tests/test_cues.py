@@ -77,3 +77,10 @@ def test_adapted_probabilities_exclude_untagged_classes_and_agree_with_the_argma
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     assert (probs[..., [c for c in range(21) if c not in allowed]] == 0).all()
     np.testing.assert_array_equal(np.argmax(probs, -1), numpy_adapted_cues(logits, tags))
+    # Probabilities in (upsample_space="probabilities"): restricted and renormalised, the same
+    # argmax as on the logits they came from.
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    from_probs = cues.adapted_probabilities(tf.constant(softmax), tf.constant(tags), are_probabilities=True).numpy()
+    np.testing.assert_allclose(from_probs, probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(cues.adapted_cues(tf.constant(softmax), tf.constant(tags)).numpy(),
+                                  numpy_adapted_cues(logits, tags))

@@ -85,3 +85,43 @@ def test_network_output_size_is_ceil_of_input_over_8(n):
     model = build_model(config.make_config("tiny_test"))
     out = model(tf.zeros((1, n, n + 3, 3)), training=False)["segmentation"]
     assert tuple(out.shape[1:3]) == (-(-n // 8), -(-(n + 3) // 8))
+
+
+def _two_class_edge_model():
+    """A stride-8 stand-in whose two logits read the image's R channel: a bright pixel gives
+    a confident background (logits [6, 0]), a dark one a less confident object ([0, 2])."""
+    mean_r = BGR_MEAN[2]
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 2] = [6.0 / 255.0, -2.0 / 255.0]      # BGR channel 2 = R - mean
+    bias = np.array([6.0 * mean_r / 255.0, 2.0 * (255.0 - mean_r) / 255.0], np.float32)
+    image = keras.Input((None, None, 3))
+    out = keras.layers.Conv2D(2, 1, strides=8, padding="valid", kernel_initializer=keras.initializers.Constant(kernel),
+                              bias_initializer=keras.initializers.Constant(bias))(image)
+    return keras.Model(image, {"segmentation": out, "attention": out})
+
+
+def test_probabilities_are_interpolated_where_upsample_space_says():
+    """Outputs at pixels 0, 8, ..., 80; background up to pixel 32, object from 40 on. Bilinear
+    logits move the boundary towards the less confident object (crossing at 32 + 0.75 * 8 =
+    38); the softmax taken on the grid first puts it near the middle (32 + 0.566 * 8 = 36.5)."""
+    from dcsp_dist.inference import make_probability_fn
+
+    w = 81
+    image = np.zeros((9, w, 3), np.uint8)
+    image[:, :40, 0] = 255
+    model = _two_class_edge_model()
+    grid = np.where(np.arange(0, w, 8) < 40, 1.0, 0.0)                          # bright outputs
+    logits = np.stack([6.0 * grid, 2.0 * (1 - grid)], -1)                        # [11, 2]
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    x = np.arange(w) / 8.0
+    for space, expected_first_object_pixel in (("logits", 39), ("probabilities", 37)):
+        probs = make_probability_fn(model, (1.0,), 8, space)(tf.constant(image)).numpy()
+        assert probs.shape == (9, w, 2)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+        if space == "logits":
+            row = np.stack([np.interp(x, np.arange(11), logits[:, k]) for k in range(2)], -1)
+            reference = np.exp(row) / np.exp(row).sum(-1, keepdims=True)
+        else:
+            reference = np.stack([np.interp(x, np.arange(11), softmax[:, k]) for k in range(2)], -1)
+        np.testing.assert_allclose(probs[4], reference, atol=1e-5)
+        assert int(np.argmax(probs[4].argmax(-1) == 1)) == expected_first_object_pixel, space
