@@ -1,6 +1,8 @@
 """A deterministic synthetic dataset in the VOC layout: the built-in default for demo/tests.
 
     python -m data_tools.synth --out data/synth --num-train 400 --num-val 60 --seed 0
+    python -m data_tools.synth --out data/other --num-train 40 --num-val 20 --seed 7 \
+        --image-size 200,260 --object-scale 1.3 --style other
 
 Five VOC classes, each a distinct shape with its own colour and texture, 1-3 objects per
 image on a cluttered background. Saliency maps are imperfect the way real detectors are:
@@ -28,6 +30,16 @@ CLASSES = {
     15: ("capsule", (40, 70, 220), "vstripes"),     # person
     20: ("square", (30, 190, 80), "checker"),       # tvmonitor
 }
+# --style other: the same classes with other shapes, colours and textures (a set the demo's
+# recipe was not tuned on).
+OTHER_CLASSES = {
+    1: ("ellipse", (60, 200, 220), "checker"),
+    6: ("capsule", (200, 60, 200), "plain"),
+    8: ("square", (150, 220, 60), "vstripes"),
+    15: ("triangle", (240, 240, 240), "hstripes"),
+    20: ("rectangle", (120, 60, 20), "dots"),
+}
+STYLES = {"default": CLASSES, "other": OTHER_CLASSES}
 
 
 def _texture(kind: str, h: int, w: int, rng) -> np.ndarray:
@@ -66,10 +78,14 @@ def _shape_mask(shape: str, h: int, w: int, box) -> np.ndarray:
     return np.asarray(canvas) > 127
 
 
-def make_example(index: int, seed: int):
-    """One image: (rgb uint8 [H,W,3], mask uint8 [H,W], saliency uint8 [H,W], class ids)."""
+def make_example(index: int, seed: int, image_size=(128, 176), object_scale: float = 1.0, style: str = "default"):
+    """One image: (rgb uint8 [H,W,3], mask uint8 [H,W], saliency uint8 [H,W], class ids).
+
+    ``image_size``: (smallest, largest) side in pixels; ``object_scale`` multiplies the
+    objects' box sizes (0.35-0.65 of the image side by default, at most 0.95)."""
+    classes = STYLES[style]
     rng = np.random.default_rng([seed, index])
-    h, w = int(rng.integers(128, 177)), int(rng.integers(128, 177))
+    h, w = int(rng.integers(image_size[0], image_size[1] + 1)), int(rng.integers(image_size[0], image_size[1] + 1))
     # Cluttered background: smooth colour gradient, noise and grey-ish blobs.
     base = rng.uniform(60, 160, size=3)
     grad = np.linspace(-30, 30, w)[None, :, None] * rng.uniform(-1, 1, size=3)
@@ -84,13 +100,14 @@ def make_example(index: int, seed: int):
     img = np.asarray(clutter).astype(np.float32)
 
     mask = np.zeros((h, w), np.uint8)
-    ids = list(CLASSES)
+    ids = list(classes)
     chosen = [int(c) for c in rng.choice(ids, size=int(rng.integers(1, 4)), replace=True)]
     saliency = np.zeros((h, w), np.float32)
     present = []
     for cls in chosen:
-        shape, colour, texture = CLASSES[cls]
-        bw, bh = rng.uniform(0.35, 0.6) * w, rng.uniform(0.35, 0.65) * h
+        shape, colour, texture = classes[cls]
+        bw = min(rng.uniform(0.35, 0.6) * object_scale, 0.95) * w
+        bh = min(rng.uniform(0.35, 0.65) * object_scale, 0.95) * h
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         region = _shape_mask(shape, h, w, (x0, y0, x0 + bw, y0 + bh))
         if region.sum() < 80:
@@ -105,7 +122,7 @@ def make_example(index: int, seed: int):
         present.append(cls)
     visible = sorted({int(c) for c in np.unique(mask) if c})
     if not visible:                        # keep at least one object
-        return make_example(index + 100_003, seed)
+        return make_example(index + 100_003, seed, image_size, object_scale, style)
     if rng.uniform() < 0.35:               # ... and fires on some background clutter
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 22)
         yy, xx = np.mgrid[0:h, 0:w]
@@ -124,8 +141,8 @@ def _annotation_xml(image_id: str, h: int, w: int, classes: list[int]) -> str:
 
 
 def _write(args):
-    out, image_id, index, seed = args
-    rgb, mask, sal, classes = make_example(index, seed)
+    out, image_id, index, seed, options = args
+    rgb, mask, sal, classes = make_example(index, seed, **options)
     h, w = mask.shape
     Image.fromarray(rgb).save(os.path.join(out, "JPEGImages", image_id + ".jpg"), quality=92)
     with open(os.path.join(out, "Annotations", image_id + ".xml"), "w") as fh:
@@ -137,13 +154,16 @@ def _write(args):
     return image_id
 
 
-def generate(out: str, num_train: int, num_val: int, seed: int = 0, workers: int | None = None) -> dict:
-    """Write the dataset under ``out`` and return {split: [ids]}. Deterministic in ``seed``."""
+def generate(out: str, num_train: int, num_val: int, seed: int = 0, workers: int | None = None,
+             image_size=(128, 176), object_scale: float = 1.0, style: str = "default") -> dict:
+    """Write the dataset under ``out`` and return {split: [ids]}. Deterministic in ``seed``
+    (and the options, see ``make_example``)."""
+    options = {"image_size": tuple(image_size), "object_scale": float(object_scale), "style": style}
     for sub in ("JPEGImages", "Annotations", "Saliency", "SegmentationClass", "ImageSets/Segmentation"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     splits = {"train": [f"synth_train_{i:05d}" for i in range(num_train)],
               "val": [f"synth_val_{i:05d}" for i in range(num_val)]}
-    jobs = [(out, image_id, (0 if split == "train" else 1_000_000) + i, seed)
+    jobs = [(out, image_id, (0 if split == "train" else 1_000_000) + i, seed, options)
             for split, ids in splits.items() for i, image_id in enumerate(ids)]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         list(pool.map(_write, jobs, chunksize=16))
@@ -163,10 +183,25 @@ def main(argv=None) -> int:
     parser.add_argument("--num-val", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--image-size", default="128,176", metavar="MIN,MAX",
+                        help="smallest and largest image side in pixels (default 128,176)")
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="multiplies the objects' sizes (default 1: 0.35-0.65 of the image side)")
+    parser.add_argument("--style", choices=sorted(STYLES), default="default",
+                        help="'other': the classes drawn with other shapes, colours and textures")
     args = parser.parse_args(argv)
     if args.num_train < 0 or args.num_val < 0:
         parser.error("--num-train and --num-val must be >= 0")
-    splits = generate(args.out, args.num_train, args.num_val, args.seed, args.workers)
+    try:
+        size = tuple(int(v) for v in args.image_size.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or not 32 <= size[0] <= size[1]:
+        parser.error(f"--image-size {args.image_size!r}: expected MIN,MAX with 32 <= MIN <= MAX")
+    if not 0.1 <= args.object_scale <= 2.5:
+        parser.error(f"--object-scale {args.object_scale}: expected a value in [0.1, 2.5]")
+    splits = generate(args.out, args.num_train, args.num_val, args.seed, args.workers, size, args.object_scale,
+                      args.style)
     print(f"wrote {len(splits['train'])} train and {len(splits['val'])} val images to {args.out}")
     return 0
 
