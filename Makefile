@@ -6,6 +6,7 @@ GPU       ?= 0
 NP        ?= 2
 DEMO_DIR  ?= demo_run
 SEED      ?= 0
+SYNTH     ?=
 
 .PHONY: setup test test-unit test-parallel demo clean benchmarks check-gpu-build image
 
@@ -22,7 +23,7 @@ test-parallel: setup
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests/parallel
 
 demo: setup
-	NP=$(NP) SEED=$(SEED) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
+	NP=$(NP) SEED=$(SEED) DEMO_DIR=$(DEMO_DIR) SYNTH="$(SYNTH)" bash scripts/demo.sh
 
 # Horovod's GPU (NCCL) build against TF 2.21, compiled, linked and loaded without a GPU.
 check-gpu-build:

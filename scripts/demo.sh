@@ -3,12 +3,15 @@
 # synthetic VOC-layout data -> TFRecords -> DCSP schedule (--stage all) -> evaluation of the
 # first and the final segmentation stage with CRF -> what each stage contributes.
 # SEED drives every random draw (data, weights, augmentation, shuffling); the same SEED
-# gives the same figures. Run twice, it reuses what it already built.
+# gives the same figures. Run twice, it reuses what it already built. SYNTH adds options of
+# data_tools.synth (e.g. SYNTH="--num-train 40 --style other --object-scale 1.3") to try the
+# recipe on data it was not tuned on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NP="${NP:-2}"
 SEED="${SEED:-0}"
 DIR="${DEMO_DIR:-demo_run}"
+SYNTH="${SYNTH:-}"
 PY=.venv/bin/python
 HVD=(.venv/bin/horovodrun --gloo -np "$NP" -H "localhost:$NP")
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,10 +26,16 @@ if [[ -f "$DIR/seed" && "$(cat "$DIR/seed")" != "$SEED" ]]; then
   echo "error: $DIR holds the demo of seed $(cat "$DIR/seed"), not $SEED; use DEMO_DIR=another_dir or make clean" >&2
   exit 2
 fi
+held=$(cat "$DIR/synth_options" 2>/dev/null || true)   # none: the default data
+if [[ -f "$DIR/seed" && "$held" != "$SYNTH" ]]; then
+  echo "error: $DIR holds data made with SYNTH=\"$held\", not \"$SYNTH\"; use DEMO_DIR=another_dir" >&2
+  exit 2
+fi
 if [[ ! -f "$DIR/voc/ImageSets/Segmentation/val.txt" ]]; then
-  echo "== synthetic dataset (seed $SEED)"
-  mkdir -p "$DIR"; echo "$SEED" > "$DIR/seed"
-  "$PY" -m data_tools.synth --out "$DIR/voc" --num-train 400 --num-val 60 --seed "$SEED"
+  echo "== synthetic dataset (seed $SEED${SYNTH:+, $SYNTH})"
+  mkdir -p "$DIR"; echo "$SEED" > "$DIR/seed"; echo "$SYNTH" > "$DIR/synth_options"
+  # shellcheck disable=SC2086  # SYNTH is a list of flags
+  "$PY" -m data_tools.synth --out "$DIR/voc" --num-train 400 --num-val 60 --seed "$SEED" $SYNTH
 fi
 for split in train val; do
   if [[ ! -f "$DIR/records/$split.manifest.json" ]]; then
