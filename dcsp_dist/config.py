@@ -200,7 +200,7 @@ def _synthetic_demo() -> Config:
         deterministic=True,
         crop_size=113, min_scale=0.75, max_scale=1.25, global_batch=10, base_lr=1e-2,
         segmentation_base_lr=3e-3,
-        attention_steps=400, segmentation_steps=600, adapt_segmentation_steps=200,
+        attention_steps=400, segmentation_steps=600, adapt_segmentation_steps=400,
         attention_trains_backbone=True, head_init_std=0.01, shuffle_buffer=200,
         checkpoint_every=200, log_every=25, image_summary_every=100,
         cue_scales=(1.0, 0.75), eval_scales=(1.0, 0.75), crf_bilateral_sxy=20.0,
