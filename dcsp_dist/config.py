@@ -190,7 +190,11 @@ def _synthetic_demo() -> Config:
     --config synthetic_demo --set seed=0 ...``). Expected: val mIoU >= 0.65 with CRF for any
     seed, the adaptation round within a point of the first segmentation stage or above.
     With no ImageNet features the attention stage trains the backbone too, at a higher
-    rate (1e-2) than the segmentation stages (3e-3). Its frozen batch norm has no
+    rate (1e-2) than the segmentation stages (3e-3). On its 160-pixel images the stride-8
+    grid is coarse, so the segmentation outputs are interpolated as probabilities
+    (``upsample_space``: interpolated logits shrink objects towards background, and the
+    adaptation round compounded it) and the adapted cues are refined by the dense CRF
+    (``adapt_crf``): both options, see docs/conformance.md. Its frozen batch norm has no
     statistics (it is the identity); ``--set normalization=group_norm`` trains group norm
     instead, which learned the attention stage more slowly here (see the README).
     Deterministic: the same seed gives the same run.

@@ -41,7 +41,7 @@ for split in train val; do
   if [[ ! -f "$DIR/records/$split.manifest.json" ]]; then
     echo "== TFRecords: $split"
     "$PY" -m data_tools.build --root "$DIR/voc" --split-list "$DIR/voc/ImageSets/Segmentation/$split.txt" \
-      --split "$split" --out "$DIR/records" --num-shards 8 --quiet
+      --split "$split" --out "$DIR/records" --num-shards 8 --quiet 2>&1 | quiet
   fi
 done
 
