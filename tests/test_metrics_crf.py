@@ -88,6 +88,27 @@ def test_select_labels_keeps_what_can_matter_and_renormalises():
     assert len(crf.select_labels(only_background, 7.0)[0]) == 2               # at least two
 
 
+
+def test_select_labels_is_the_clipped_ratio_rule():
+    """The selection equals its definition, max over pixels of max(p_c, clip) / best >= e^-margin,
+    including maps where the unary's clip alone reaches (then every label is kept)."""
+    rng = np.random.default_rng(4)
+    for trial in range(6):
+        logits = rng.normal(0, 1, (30, 40, 21)).astype(np.float32)
+        logits[..., 0] += 8
+        logits[..., rng.choice(np.arange(1, 21), 3, replace=False)] += rng.uniform(-4, 9, 3)
+        if trial == 5:                           # nearly uniform somewhere: best ~ 1/21
+            logits[:3, :3] = 0
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        for margin in (4.0, 6.0, 12.0):
+            ratio = (np.maximum(probs, crf.UNARY_CLIP) / probs.max(-1, keepdims=True)).max(axis=(0, 1))
+            expected = np.flatnonzero(ratio >= np.exp(-margin))
+            if len(expected) < 2:
+                expected = np.sort(np.argsort(probs.max(axis=(0, 1)))[-2:])
+            assert crf.select_labels(probs, margin)[0].tolist() == expected.tolist(), (trial, margin)
+
+
 def test_crf_over_kept_labels_equals_the_full_crf_on_the_real_image(voc_sample):
     """81 labels (COCO's count), a long tail: the same labels as the full-label CRF."""
     image = np.asarray(Image.open(voc_sample[0]).convert("RGB"))
