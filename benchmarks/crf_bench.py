@@ -120,8 +120,6 @@ def handoff(image, probs, params, reps=5):
 
 def model_pairs(checkpoint, data):
     """(image, probabilities, mask) of every val image, as evaluation computes them."""
-    import tensorflow as tf
-
     from dcsp_dist import data as data_lib
     from dcsp_dist.inference import load_for_inference, make_probability_fn
     model, cfg, _ = load_for_inference(checkpoint)

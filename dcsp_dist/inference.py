@@ -110,8 +110,6 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import tensorflow as tf
-
     from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
 
     probabilities = make_probability_fn(model, scales, stride, space)
