@@ -64,13 +64,16 @@ def _stage_checkpoint(workdir: str, stage: str) -> str:
     return os.path.join(layout.stage_dir(workdir, stage), info["checkpoint"])
 
 
-def _visualise(model, batch, stride: int):
+def _visualise(model, batch, stride: int, space: str = "logits"):
     """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes.
 
-    The network's outputs are brought to the crop with the stride-8 geometry (spec 7), as
-    in cues and evaluation, so the strip shows what the loss and the cues see.
+    The network's outputs are brought to the crop with the stride-8 geometry (spec 7), and
+    the segmentation in ``space`` (``Config.upsample_space``), as in cues and evaluation, so
+    the strip shows what the loss and the cues see.
     """
     import numpy as np
+    import tensorflow as tf
+
     from dcsp_dist import data, geometry
     from dcsp_dist.voc import color_map
 
@@ -78,13 +81,16 @@ def _visualise(model, batch, stride: int):
     image = batch["image"][0].numpy()
     crop = image.shape[:2]
     out = model(data.network_input(batch["image"][:1], batch["valid"][:1]), training=False)
-    logits = geometry.upsample(out["segmentation"][0], crop, stride).numpy()      # [crop, crop, C]
+    scores = out["segmentation"][0]
+    if space == "probabilities":
+        scores = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
+    segmentation = geometry.upsample(scores, crop, stride).numpy()                 # [crop, crop, C]
     attention = geometry.upsample(out["attention"][0], crop, stride).numpy()      # [crop, crop, C-1]
 
     panels = [image]
     if "cue" in batch:
         panels.append(cmap[batch["cue"][0].numpy()])
-    panels.append(cmap[np.argmax(logits, -1)])
+    panels.append(cmap[np.argmax(segmentation, -1)])
     for c in np.flatnonzero(batch["tags"][0].numpy()):
         a = attention[..., c]
         a = (a - a.min()) / (a.max() - a.min() + 1e-12)
@@ -311,7 +317,8 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
                 tick, last_step = now, done
             if c.is_chief and (done % cfg.image_summary_every == 0 or done == steps):
                 with writer().as_default(step=done):
-                    tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride))
+                    tf.summary.image("input|cue|prediction|attention", _visualise(model, batch, cfg.output_stride,
+                                                                                 cfg.upsample_space))
             if c.is_chief and (done % cfg.checkpoint_every == 0 or done == steps):
                 _save(manager, done)
             if on_step:
