@@ -123,7 +123,8 @@ def model_pairs(checkpoint, data):
     from dcsp_dist import data as data_lib
     from dcsp_dist.inference import load_for_inference, make_probability_fn
     model, cfg, _ = load_for_inference(checkpoint)
-    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
+    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
+                                        cfg.inference_window_size)
     out = []
     for ex in data_lib.make_inference_dataset(data, "val", need_mask=True):
         probs = probabilities(ex["image"]).numpy()

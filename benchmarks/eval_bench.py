@@ -55,7 +55,8 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
-    probs = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)(tf.constant(image)).numpy()
+    probs = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
+                                cfg.inference_window_size)(tf.constant(image)).numpy()
     params = CRFParams.from_config(cfg)
 
     def bare():
@@ -108,7 +109,8 @@ def overlap_timing(checkpoint, data, rounds):
     model, cfg, _ = load_for_inference(checkpoint)
     params = CRFParams.from_config(cfg)
     dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
-    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
+    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
+                                        cfg.inference_window_size)
 
     def per_image(stamps):
         return float(np.mean(np.diff(stamps)))  # from the first image's end: no start-up costs
@@ -138,7 +140,7 @@ def overlap_timing(checkpoint, data, rounds):
 
     def inference(workers):
         stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers, cfg.output_stride,
-                                                          cfg.upsample_space)]
+                                                          cfg.upsample_space, cfg.inference_window_size)]
         return per_image(stamps)
 
     modes = {"network": network, "crf": crf_alone, "crf_beside": crf_beside_network, "sequential": lambda: inference(0),

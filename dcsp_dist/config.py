@@ -71,6 +71,12 @@ class Config:
     # softmax on the output grid first. Interpolated logits move every boundary towards the
     # less confident class (objects shrink by up to a grid cell); see docs/conformance.md.
     upsample_space: str = "logits"
+    # What the network sees at inference (cues, adapted cues, evaluation, prediction):
+    # "image", the whole image at once, as the authors; "crop", windows of crop_size that
+    # overlap by a third, their outputs averaged on the stride-8 grid. A network trained only
+    # on crops much smaller than the images is off its training inputs on whole images
+    # (``inference.windowed_outputs``; README, "What the demo produces").
+    inference_window: str = "image"
     bg_threshold: float = 0.4
     # --- evaluation (spec 5) ---
     eval_scales: tuple = (1.0, 0.75, 0.5)
@@ -122,7 +128,7 @@ class Config:
                 raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
         enums = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
                  "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16"),
-                 "upsample_space": ("logits", "probabilities")}
+                 "upsample_space": ("logits", "probabilities"), "inference_window": ("image", "crop")}
         for name, allowed in enums.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}")
@@ -153,6 +159,11 @@ class Config:
                 f"global_batch={self.global_batch} does not divide over {size} ranks; "
                 f"set --set global_batch=<multiple of {size}> (with lr_scaling=linear to keep the paper's per-image rate)")
         return self.global_batch // size
+
+    @property
+    def inference_window_size(self) -> int:
+        """The window inference runs the network on: crop_size, or 0 for the whole image."""
+        return self.crop_size if self.inference_window == "crop" else 0
 
     def learning_rate(self, stage: str = "attention") -> float:
         """Peak learning rate of ``stage`` after the scaling rule."""

@@ -97,13 +97,14 @@ def evaluate(args, ctx) -> dict | None:
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names = manifest["class_names"]
     title = (f"{args.split}: {images} images, {ctx.size} rank(s), CRF {'off' if crf is None else 'on'}, "
-             f"scales {','.join(map(str, scales))}, checkpoint {prefix}")
+             f"scales {','.join(map(str, scales))}, window {job.cfg.inference_window}, checkpoint {prefix}")
     distributed.log(metrics.format_table(result, names, title))
     if crf is not None:
         distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
     os.makedirs(out, exist_ok=True)
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
-               "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales), "miou": result["miou"],
+               "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales),
+               "window": job.cfg.inference_window, "miou": result["miou"],
                "pixel_accuracy": result["pixel_accuracy"],
                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result["iou"])},
                "miou_without_crf": network["miou"],

@@ -5,7 +5,45 @@ from __future__ import annotations
 # top, and their CRF worker processes (spawned) must start without loading TensorFlow.
 
 
-def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "logits"):
+def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
+    """The network's ``key`` output [ceil(H/s), ceil(W/s), K] float32 for a preprocessed
+    image ``x`` [H, W, 3], computed in ``window`` x ``window`` tiles, as training saw it.
+
+    A network trained on crops has only ever seen inputs of the crop's size; on a larger
+    image every output's receptive field holds context (and no padding) it never saw in
+    training. Here the image is cut into windows of the crop's size, overlapping by about a
+    third, each starting on a multiple of the stride (so a window's output j is the whole
+    image's output origin/s + j, spec 7), the last one padded with 0 (the mean, as training
+    pads) up to the window; the outputs of overlapping windows are averaged. An image
+    smaller than the window is one window, padded as a training crop would be.
+    """
+    import tensorflow as tf
+
+    cells = -(-window // stride)                                    # outputs per window side
+    step = max(stride, (2 * window // 3) // stride * stride)
+    size = tf.shape(x)[:2]
+
+    def origins(n):
+        last = tf.maximum((n - window + stride - 1) // stride * stride, 0)
+        return tf.concat([tf.range(0, last, step), [last]], 0)
+
+    rows, cols = origins(size[0]), origins(size[1])
+    padded = tf.pad(x, [[0, rows[-1] + window - size[0]], [0, cols[-1] + window - size[1]], [0, 0]])
+    corners = tf.reshape(tf.stack(tf.meshgrid(rows, cols, indexing="ij"), -1), [-1, 2])   # [N, 2]
+    outputs = tf.map_fn(
+        lambda o: tf.cast(model(tf.slice(padded, [o[0], o[1], 0], [window, window, 3])[None],
+                                training=False)[key][0], tf.float32),
+        corners, fn_output_signature=tf.float32, parallel_iterations=1)                   # [N, c, c, K]
+    offsets = tf.stack(tf.meshgrid(tf.range(cells), tf.range(cells), indexing="ij"), -1)  # [c, c, 2]
+    index = corners[:, None, None, :] // stride + offsets[None]                          # [N, c, c, 2]
+    grid = tf.stack([rows[-1] // stride + cells, cols[-1] // stride + cells, tf.shape(outputs)[-1]])
+    total = tf.scatter_nd(index, outputs, grid)
+    count = tf.scatter_nd(index, tf.ones_like(outputs[..., :1]), tf.concat([grid[:2], [1]], 0))
+    out_size = (size + stride - 1) // stride
+    return (total / count)[:out_size[0], :out_size[1]]
+
+
+def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "logits", window: int = 0):
     """A compiled fn: uint8 RGB image [H, W, 3] -> fused ``key`` output [H, W, K] float32.
 
     The network runs at each scale (the image resized with pixel-centre bilinear
@@ -15,6 +53,8 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     ``key`` is "attention" or "segmentation"; ``stride`` the network's output stride.
     ``space="probabilities"`` (segmentation only) returns the softmax of the fused map,
     taken on the output grid before the upsampling (``Config.upsample_space``).
+    ``window > 0`` runs the network on windows of that size at every scale
+    (``windowed_outputs``, ``Config.inference_window``); 0 on the whole image.
     """
     import tensorflow as tf
 
@@ -35,7 +75,10 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
                 new = tf.cast(tf.math.ceil(tf.cast(size, tf.float32) * scale), tf.int32)
                 scaled = tf.image.resize(x, new, method="bilinear")
                 ratio = tf.cast(new, tf.float32) / tf.cast(size, tf.float32)        # exact, per axis
-            out = tf.cast(model(scaled[None], training=False)[key][0], tf.float32)  # [h_s, w_s, K]
+            if window:
+                out = windowed_outputs(model, scaled, key, window, stride)          # [h_s, w_s, K]
+            else:
+                out = tf.cast(model(scaled[None], training=False)[key][0], tf.float32)
             if reference is None:
                 reference = tf.shape(out)[:2]
             else:
@@ -49,13 +92,14 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     return fused
 
 
-def make_probability_fn(model, scales, stride: int = 8, space: str = "logits"):
+def make_probability_fn(model, scales, stride: int = 8, space: str = "logits", window: int = 0):
     """A compiled fn: uint8 RGB image [H, W, 3] -> class probabilities [H, W, C] (spec 5):
     the fused segmentation logits upsampled then softmax (``space="logits"``, the authors'),
-    or softmax on the output grid then upsampled (``space="probabilities"``)."""
+    or softmax on the output grid then upsampled (``space="probabilities"``); ``window``
+    as ``make_multiscale_fn``."""
     import tensorflow as tf
 
-    fused = make_multiscale_fn(model, scales, "segmentation", stride, space)
+    fused = make_multiscale_fn(model, scales, "segmentation", stride, space, window)
     if space == "probabilities":
         return fused
 
@@ -98,7 +142,8 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     return model, cfg, prefix
 
 
-def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8, space: str = "logits"):
+def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8, space: str = "logits",
+                  window: int = 0):
     """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
     example of ``dataset`` (the label map is the CRF's, or the argmax without CRF).
 
@@ -112,7 +157,7 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
 
-    probabilities = make_probability_fn(model, scales, stride, space)
+    probabilities = make_probability_fn(model, scales, stride, space, window)
     if workers <= 0 or crf_params is None:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
@@ -146,6 +191,9 @@ def add_job_arguments(parser, default_split: str) -> None:
     parser.add_argument("--split", default=default_split)
     parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
     parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
+    parser.add_argument("--window", choices=("image", "crop"), default=None,
+                        help="run the network on the whole image or on crop-size windows "
+                             "(default: the run's inference_window)")
     parser.add_argument("--crf-workers", type=int, default=None,
                         help="CRF worker processes per rank, overlapped with the network (0: sequential; "
                              "default: this rank's share of the node's cores, at least 1)")
@@ -183,6 +231,7 @@ class Job:
     """What one rank needs to run inference over its shards, checked before any work."""
 
     def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None):
+        import dataclasses
         import os
 
         from dcsp_dist import data, distributed, records
@@ -207,6 +256,8 @@ class Job:
             raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
                              f"records have {len(self.manifest['class_names'])}")
         self.scales = parse_scales(args.scales, self.cfg.eval_scales)
+        if args.window is not None:
+            self.cfg = dataclasses.replace(self.cfg, inference_window=args.window)
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
@@ -220,7 +271,8 @@ class Job:
         from dcsp_dist import records
         try:
             yield from run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
-                                     stride=self.cfg.output_stride, space=self.cfg.upsample_space)
+                                     stride=self.cfg.output_stride, space=self.cfg.upsample_space,
+                                     window=self.cfg.inference_window_size)
         except tf.errors.DataLossError as exc:
             raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
 

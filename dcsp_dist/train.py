@@ -398,7 +398,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     distributed.broadcast_state(model)
     key = "attention" if stage == "cues" else "segmentation"
     space = "logits" if stage == "cues" else cfg.upsample_space
-    fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride, space)
+    fused = make_multiscale_fn(model, cfg.cue_scales, key, cfg.output_stride, space, cfg.inference_window_size)
 
     @tf.function(reduce_retracing=True)
     def make_cue(image, saliency, tags):

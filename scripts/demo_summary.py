@@ -54,8 +54,9 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     attention, cfg, _ = load_for_inference(os.path.join(run, "attention"))
     first, _, _ = load_for_inference(os.path.join(run, "segmentation"))
     final, _, _ = load_for_inference(os.path.join(run, "segmentation_adapted"))
-    fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride)
-    probabilities = {name: make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space)
+    window = cfg.inference_window_size
+    fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride, window=window)
+    probabilities = {name: make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space, window)
                      for name, model in (("first", first), ("final", final))}
     params = crf.CRFParams.from_config(cfg)
     rows = []
