@@ -14,6 +14,9 @@ def test_paper_defaults_match_spec():
     assert cfg.global_batch == 10 and cfg.bg_threshold == 0.4 and cfg.cue_scales == (1.0, 0.75, 0.5)
     assert not cfg.attention_trains_backbone
     assert cfg.upsample_space == "logits" and not cfg.adapt_crf    # the authors' adapt step and evaluation
+    assert cfg.inference_window == "image" and cfg.inference_window_size == 0   # the authors: whole images
+    demo = config.make_config("synthetic_demo")
+    assert (demo.inference_window, demo.inference_window_size) == ("crop", demo.crop_size)
 
 
 def test_overrides_are_typed(tmp_path):
@@ -28,7 +31,8 @@ def test_overrides_are_typed(tmp_path):
 
 @pytest.mark.parametrize("bad,needle", [(["nosuch=1"], "unknown setting 'nosuch'"),
                                         (["flip=maybe"], "flip"), (["attention_steps"], "KEY=VALUE"),
-                                        (["upsample_space=pixels"], "upsample_space must be one of logits, probabilities")])
+                                        (["upsample_space=pixels"], "upsample_space must be one of logits, probabilities"),
+                                        (["inference_window=tiles"], "inference_window must be one of image, crop")])
 def test_bad_overrides_name_the_setting(bad, needle):
     with pytest.raises(ValueError, match=needle):
         config.make_config("voc_paper", config.parse_overrides(bad))

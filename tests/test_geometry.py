@@ -125,3 +125,35 @@ def test_probabilities_are_interpolated_where_upsample_space_says():
             reference = np.stack([np.interp(x, np.arange(11), softmax[:, k]) for k in range(2)], -1)
         np.testing.assert_allclose(probs[4], reference, atol=1e-5)
         assert int(np.argmax(probs[4].argmax(-1) == 1)) == expected_first_object_pixel, space
+
+
+@pytest.mark.parametrize("window", [33, 64, 113, 200])
+def test_windowed_inference_puts_every_output_where_the_whole_image_does(window):
+    """For a network that only looks at pixel 8i, running it on windows (each starting on
+    a multiple of 8, overlapping, the last padded) gives exactly the whole image's outputs,
+    at one scale and fused over scales; 200 is larger than every image (one padded window)."""
+    for h, w in SIZES:
+        image = tf.constant(_ramp(h, w))
+        for scales in ((1.0,), (1.0, 0.75, 0.5)):
+            whole = make_multiscale_fn(_coordinate_model(), scales, "segmentation", 8)(image).numpy()
+            tiled = make_multiscale_fn(_coordinate_model(), scales, "segmentation", 8, window=window)(image).numpy()
+            np.testing.assert_allclose(tiled, whole, atol=1e-4, err_msg=f"{h}x{w}, window {window}, scales {scales}")
+
+
+def _input_size_model():
+    """A stand-in whose every stride-8 output holds the height and width of the input it was given."""
+    image = keras.Input((None, None, 3))
+    size = keras.layers.Lambda(lambda x: keras.ops.ones_like(x[:, ::8, ::8, :2]) * keras.ops.cast(
+        keras.ops.stack([keras.ops.shape(x)[1], keras.ops.shape(x)[2]]), "float32"))(image)
+    return keras.Model(image, {"segmentation": size, "attention": size})
+
+
+def test_windowed_inference_shows_the_network_only_windows_of_the_crop_size():
+    from dcsp_dist.inference import windowed_outputs
+
+    model = _input_size_model()
+    x = tf.zeros((250, 130, 3))
+    np.testing.assert_array_equal(windowed_outputs(model, x, "segmentation", 113).numpy(), 113)
+    whole = model(x[None])["segmentation"][0].numpy()
+    assert whole.shape == (32, 17, 2) and (whole == [250, 130]).all()
+    assert windowed_outputs(model, x, "segmentation", 113).shape == (32, 17, 2)
