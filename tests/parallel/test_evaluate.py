@@ -36,6 +36,10 @@ def test_merged_matrix_identical_for_1_2_3_ranks_and_counts_each_image_once(tiny
         assert r["num_images"] == 7 and r["ranks"] == n
         assert int(np.sum(r["confusion_matrix"])) == pixels
         assert r["confusion_matrix"] == results[1]["confusion_matrix"], n
+    # The preset's crop-size windows by default; --window image runs on whole images.
+    whole = _evaluate(1, workdir, synth_records, tmp_path / "whole", "--no-crf", "--window", "image")[0]
+    assert results[1]["window"] == "crop" and whole["window"] == "image"
+    assert int(np.sum(whole["confusion_matrix"])) == pixels
 
 
 def test_evaluation_with_crf_writes_results_picture_and_tensorboard(tiny_run, synth_records, tmp_path):
