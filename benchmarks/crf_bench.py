@@ -121,10 +121,9 @@ def handoff(image, probs, params, reps=5):
 def model_pairs(checkpoint, data):
     """(image, probabilities, mask) of every val image, as evaluation computes them."""
     from dcsp_dist import data as data_lib
-    from dcsp_dist.inference import load_for_inference, make_probability_fn
+    from dcsp_dist.inference import load_for_inference, probability_fn_for
     model, cfg, _ = load_for_inference(checkpoint)
-    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
-                                        cfg.inference_window_size)
+    probabilities = probability_fn_for(model, cfg)
     out = []
     for ex in data_lib.make_inference_dataset(data, "val", need_mask=True):
         probs = probabilities(ex["image"]).numpy()

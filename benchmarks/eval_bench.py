@@ -51,12 +51,11 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
     from dcsp_dist.crf import CRFParams, dense_crf
-    from dcsp_dist.inference import load_for_inference, make_probability_fn
+    from dcsp_dist.inference import load_for_inference, probability_fn_for
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
-    probs = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
-                                cfg.inference_window_size)(tf.constant(image)).numpy()
+    probs = probability_fn_for(model, cfg)(tf.constant(image)).numpy()
     params = CRFParams.from_config(cfg)
 
     def bare():
@@ -102,15 +101,14 @@ def overlap_timing(checkpoint, data, rounds):
     import tensorflow as tf
     from dcsp_dist import data as data_lib
     from dcsp_dist.crf import CRFParams
-    from dcsp_dist.inference import load_for_inference, make_probability_fn, run_inference
+    from dcsp_dist.inference import load_for_inference, probability_fn_for, run_inference
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     model, cfg, _ = load_for_inference(checkpoint)
     params = CRFParams.from_config(cfg)
     dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
-    probabilities = make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space,
-                                        cfg.inference_window_size)
+    probabilities = probability_fn_for(model, cfg)
 
     def per_image(stamps):
         return float(np.mean(np.diff(stamps)))  # from the first image's end: no start-up costs
@@ -139,8 +137,7 @@ def overlap_timing(checkpoint, data, rounds):
             return future.result()
 
     def inference(workers):
-        stamps = [time.perf_counter() for _ in run_inference(model, dataset, cfg.eval_scales, params, workers, cfg.output_stride,
-                                                          cfg.upsample_space, cfg.inference_window_size)]
+        stamps = [time.perf_counter() for _ in run_inference(probabilities, dataset, params, workers)]
         return per_image(stamps)
 
     modes = {"network": network, "crf": crf_alone, "crf_beside": crf_beside_network, "sequential": lambda: inference(0),

@@ -142,12 +142,19 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     return model, cfg, prefix
 
 
-def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: int = 8, space: str = "logits",
-                  window: int = 0):
+def probability_fn_for(model, cfg, scales=None):
+    """``make_probability_fn`` with a run's settings: its eval_scales (or ``scales``), output
+    stride, ``upsample_space`` and ``inference_window``."""
+    return make_probability_fn(model, cfg.eval_scales if scales is None else scales, cfg.output_stride,
+                               cfg.upsample_space, cfg.inference_window_size)
+
+
+def run_inference(probabilities, dataset, crf_params, workers: int = 1):
     """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
     example of ``dataset`` (the label map is the CRF's, or the argmax without CRF).
 
-    The network runs here; the CPU-bound dense CRF of an image runs in a pool of
+    ``probabilities``: the compiled image -> [H, W, C] fn (``probability_fn_for``). The
+    network runs here; the CPU-bound dense CRF of an image runs in a pool of
     ``workers`` processes while the network computes the next images (``workers=0``:
     inline, sequential). Labels come back in dataset order.
     """
@@ -157,7 +164,6 @@ def run_inference(model, dataset, scales, crf_params, workers: int = 1, stride: 
 
     from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
 
-    probabilities = make_probability_fn(model, scales, stride, space, window)
     if workers <= 0 or crf_params is None:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
@@ -270,9 +276,8 @@ class Job:
 
         from dcsp_dist import records
         try:
-            yield from run_inference(self.model, self.dataset, self.scales, self.crf, workers=self.workers,
-                                     stride=self.cfg.output_stride, space=self.cfg.upsample_space,
-                                     window=self.cfg.inference_window_size)
+            yield from run_inference(probability_fn_for(self.model, self.cfg, self.scales), self.dataset, self.crf,
+                                     workers=self.workers)
         except tf.errors.DataLossError as exc:
             raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
 

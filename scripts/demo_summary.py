@@ -47,17 +47,16 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     import tensorflow as tf
 
     from dcsp_dist import crf, cues
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn, make_probability_fn
+    from dcsp_dist.inference import load_for_inference, make_multiscale_fn, probability_fn_for
     from dcsp_dist.voc import color_map
 
     cmap = color_map()
     attention, cfg, _ = load_for_inference(os.path.join(run, "attention"))
     first, _, _ = load_for_inference(os.path.join(run, "segmentation"))
     final, _, _ = load_for_inference(os.path.join(run, "segmentation_adapted"))
-    window = cfg.inference_window_size
-    fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride, window=window)
-    probabilities = {name: make_probability_fn(model, cfg.eval_scales, cfg.output_stride, cfg.upsample_space, window)
-                     for name, model in (("first", first), ("final", final))}
+    fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride,
+                                        window=cfg.inference_window_size)
+    probabilities = {name: probability_fn_for(model, cfg) for name, model in (("first", first), ("final", final))}
     params = crf.CRFParams.from_config(cfg)
     rows = []
     for image_id in ids:
