@@ -214,19 +214,18 @@ def weights_digest(variables: Iterable) -> str:
     return digest.hexdigest()
 
 
-def check_weights_in_sync(variables: Iterable, what: str) -> tuple[str, list[str]]:
-    """Every rank's weight digest and host name; raise on every rank if the digests differ.
+def check_weights_in_sync(variables: Iterable, what: str) -> list[tuple[str, str]]:
+    """Every rank's weight digest and host name, in rank order; raise on every rank if the
+    digests differ.
 
-    Returns (digest, the ranks' host names in rank order). Synchronous data parallelism
-    keeps weights bit-identical everywhere; a difference means a rank trained on its own.
+    Synchronous data parallelism keeps weights bit-identical everywhere; a difference means
+    a rank trained on its own.
     """
-    mine = (weights_digest(variables), socket.gethostname())
-    gathered = allgather_object(mine)
-    digests = [d for d, _ in gathered]
-    if len(set(digests)) != 1:
+    gathered = allgather_object((weights_digest(variables), socket.gethostname()))
+    if len({d for d, _ in gathered}) != 1:
         detail = ", ".join(f"rank {i} on {h}: {d[:12]}" for i, (d, h) in enumerate(gathered))
         raise RuntimeError(f"{what}: ranks hold different weights ({detail})")
-    return digests[0], [h for _, h in gathered]
+    return gathered
 
 
 def peer_failed(exc: BaseException) -> bool:

@@ -353,8 +353,11 @@ def train_stage(stage: str, cfg, ctx, data_dir: str, workdir: str):
         ctx = distributed.context()
     else:
         run_steps(start, iter(dataset), records.files_for_rank(all_shards, ctx.rank, ctx.size), ctx)
-    digest, hosts = distributed.check_weights_in_sync(model.variables, f"[{stage}] end of stage")
-    print(f"[{stage}] rank {ctx.rank} on {hosts[ctx.rank]}: weights sha256 {digest}", flush=True)
+    ranks = distributed.check_weights_in_sync(model.variables, f"[{stage}] end of stage")
+    # Rank 0 prints every rank's gathered digest in one write: lines printed by each rank
+    # reach mpirun's output in pieces and can be spliced into one another.
+    distributed.log("\n".join(f"[{stage}] rank {i} on {h}: weights sha256 {d}" for i, (d, h) in enumerate(ranks)))
+    digest, hosts = ranks[0][0], [h for _, h in ranks]
     if ctx.is_chief:
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{steps}"):
             _save(manager, max(steps, start))

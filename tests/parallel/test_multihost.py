@@ -16,6 +16,7 @@ processes and /etc/netns entries are removed when the test ends, also when it fa
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,14 +185,17 @@ def _launch(hosts, script, *args, timeout=1200):
     return proc.stdout + proc.stderr
 
 
+DIGEST_LINE = re.compile(r"\[(\w+)\] rank (\d+) on ([\w.-]+): weights sha256 ([0-9a-f]{64})")
+
+
 def _digests(output):
-    """{stage: {host: weight digest}} from the ranks' end-of-stage lines."""
+    """{stage: {host: weight digest}} from the end-of-stage lines rank 0 prints for every rank.
+
+    Matched anywhere in the output, not line by line: mpirun forwards each rank's output in
+    pieces, and another rank's warnings may land on the same line."""
     found = {}
-    for line in output.splitlines():
-        if "weights sha256" in line:
-            stage = line.split("[", 2)[-1].split("]")[0]
-            host = line.split(" on ")[1].split(":")[0]
-            found.setdefault(stage, {})[host] = line.split("sha256 ")[1].strip()
+    for stage, _, host, digest in DIGEST_LINE.findall(output):
+        found.setdefault(stage, {})[host] = digest
     return found
 
 

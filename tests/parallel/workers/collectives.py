@@ -2,6 +2,7 @@
 import sys
 
 import numpy as np
+import tensorflow as tf
 
 from dcsp_dist import distributed
 
@@ -25,4 +26,14 @@ if abs(mean[0] - (ctx.size - 1) / 2) > 1e-6:
     sys.exit(1)
 gathered = distributed.allgather_object(ctx.rank)
 assert gathered == list(range(ctx.size)), gathered
+
+same = [tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))]
+ranks = distributed.check_weights_in_sync(same, "same weights")
+assert len(ranks) == ctx.size and len({d for d, _ in ranks}) == 1, ranks
+own = [tf.Variable(np.full((2, 3), float(ctx.rank), dtype=np.float32))]
+try:
+    distributed.check_weights_in_sync(own, "own weights")
+    raise AssertionError("ranks holding different weights passed the check")
+except RuntimeError as exc:   # on every rank, naming every rank
+    assert "own weights: ranks hold different weights" in str(exc) and "rank 1 on" in str(exc), exc
 print(f"rank {ctx.rank}: collectives OK", flush=True)
