@@ -95,13 +95,16 @@ job_command() {
   JOB+=("${EXTRA[@]+"${EXTRA[@]}"}")
 }
 
-# run_or_print CMD...: print the command shell-quoted; run it unless --dry-run.
+# run_or_print CMD...: print the command shell-quoted; run it unless --dry-run. TensorFlow's
+# start-up lines (launch/tf_startup_noise), which every process repeats and no setting of
+# TensorFlow 2.21 silences, are dropped from stderr; DCSP_TF_LOGS=1 keeps them.
 run_or_print() {
   printf '%q ' "$@" | sed 's/ $//'
   printf '\n'
   if [[ "$DRY_RUN" == 0 ]]; then
     cd "$REPO_DIR"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
-    exec "$@"
+    [[ "${DCSP_TF_LOGS:-0}" == 1 ]] && exec "$@"
+    exec "$@" 2> >(grep --line-buffered -v -E -f "$LAUNCH_DIR/tf_startup_noise" >&2)
   fi
 }

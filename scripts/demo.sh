@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # the 50 ms dcsp_dist uses on CPU-only ranks for full-size models (see README, Benchmarks).
 export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
 # TensorFlow's start-up lines, repeated by every process, that no setting silences.
-quiet() { grep --line-buffered -v -E 'absl::InitializeLog|oneDNN custom operations|cuda_drivers|cudart_stub|computation_placer|TF-TRT|rebuild TensorFlow with the appropriate compiler flags|cpu_feature_guard|This TensorFlow binary is optimized' || true; }
+quiet() { grep --line-buffered -v -E -f launch/tf_startup_noise || true; }
 start=$(date +%s)
 
 if [[ -f "$DIR/seed" && "$(cat "$DIR/seed")" != "$SEED" ]]; then

@@ -28,9 +28,9 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HOROV
 HVD=(.venv/bin/horovodrun --gloo -np "${NP:-2}" -H "localhost:${NP:-2}")
 for ((i = first; i <= last; i++)); do
   "${HVD[@]}" .venv/bin/python -m dcsp_dist.train --stage "${SCHEDULE[$i]}" --data "$DATA" --workdir "$NEW" "$@" \
-    2>&1 | grep --line-buffered -v -E 'absl::InitializeLog|oneDNN custom operations|cpu_feature_guard'
+    2>&1 | grep --line-buffered -v -E -f launch/tf_startup_noise
 done
 stage=${SCHEDULE[$last]}
 [[ "$stage" == segmentation || "$stage" == segmentation_adapted ]] || exit 0
 "${HVD[@]}" .venv/bin/python -m dcsp_dist.evaluate --checkpoint "$NEW/$stage" --data "$DATA" --split val --no-crf \
-  --out "$NEW/eval_val_nocrf" 2>&1 | grep --line-buffered -v -E 'absl::InitializeLog|oneDNN custom operations|cpu_feature_guard'
+  --out "$NEW/eval_val_nocrf" 2>&1 | grep --line-buffered -v -E -f launch/tf_startup_noise

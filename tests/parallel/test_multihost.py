@@ -182,6 +182,9 @@ def _launch(hosts, script, *args, timeout=1200):
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} exited with {proc.returncode}\n--- stdout ---\n" \
         f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    # The launchers drop TensorFlow's start-up lines, which every rank on every host repeats.
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+        assert noise not in proc.stdout + proc.stderr, f"{script} let through {noise!r}:\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
 

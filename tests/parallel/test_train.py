@@ -69,10 +69,15 @@ def test_resume_after_interruption_keeps_step_and_learning_rate(synth_records, t
     proc.wait()
     assert not (workdir / "attention" / "done.json").exists()
     import tensorflow as tf
-    latest = tf.train.latest_checkpoint(str(workdir / "attention" / "ckpt"))
-    saved_step = int(latest.rsplit("-", 1)[1])
+    indexed = int(tf.train.latest_checkpoint(str(workdir / "attention" / "ckpt")).rsplit("-", 1)[1])
+    on_disk = sorted(int(p.name[5:-6]) for p in (workdir / "attention" / "ckpt").glob("ckpt-*.index"))
     out = run_python(*cmd[1:]).stdout
-    assert f"resuming from {latest}" in out
+    # The kill may land after a checkpoint's files and before the index file names it: the
+    # newest checkpoint on disk is the one to resume from, never older than the index says.
+    resumed = re.search(r"resuming from (\S+)-(\d+)\n", out)
+    assert resumed and resumed.group(1) == str(workdir / "attention" / "ckpt" / "ckpt"), out
+    saved_step = int(resumed.group(2))
+    assert saved_step in on_disk and saved_step >= indexed >= 10, (saved_step, on_disk, indexed)
     first = re.search(r"\[attention\] step (\d+)/150 .* lr ([0-9.e+-]+)", out)
     assert int(first.group(1)) == saved_step + 1
     from dcsp_dist.schedule import PolyWithWarmup
