@@ -8,14 +8,19 @@ DEMO_DIR  ?= demo_run
 SEED      ?= 0
 SYNTH     ?=
 
-.PHONY: setup test test-unit test-parallel demo clean benchmarks check-gpu-build image
+.PHONY: setup lint test test-unit test-parallel demo clean benchmarks check-gpu-build image
 
 setup:
 	@GPU=$(GPU) bash scripts/setup.sh
 
-test: setup
+# ruff, pinned in requirements.txt, configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests
 
+# The tests that start no horovodrun: the inner loop (about 2 minutes).
 test-unit: setup
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests --ignore=tests/parallel
 

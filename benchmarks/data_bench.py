@@ -29,6 +29,7 @@ def main():
     import numpy as np
     import tensorflow as tf
     from PIL import Image
+
     from data_tools import build, synth
     from dcsp_dist import config, data
 

@@ -44,12 +44,14 @@ def evaluate(np_, checkpoint, data, out, workers, threads=1):
 
 
 def crf_timing(checkpoint, data, root, image_id, reps=7):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import numpy as np
+    import pydensecrf.densecrf as dcrf
     import tensorflow as tf
     from PIL import Image
-    import pydensecrf.densecrf as dcrf
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
+
     from dcsp_dist.crf import CRFParams, dense_crf
     from dcsp_dist.inference import load_for_inference, probability_fn_for
 
@@ -99,9 +101,11 @@ def overlap_timing(checkpoint, data, rounds):
 
     import numpy as np
     import tensorflow as tf
+
     from dcsp_dist import data as data_lib
     from dcsp_dist.crf import CRFParams
-    from dcsp_dist.inference import load_for_inference, probability_fn_for, run_inference
+    from dcsp_dist.crf_pool import run_inference
+    from dcsp_dist.inference import load_for_inference, probability_fn_for
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -7,7 +7,7 @@ from dcsp_dist import distributed
 
 ctx = distributed.init()
 from dcsp_dist import config, data  # noqa: E402
-from dcsp_dist.train import StageTrainer  # noqa: E402
+from dcsp_dist.trainer import StageTrainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)

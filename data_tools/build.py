@@ -28,8 +28,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
 
-from data_tools.sources import (ROLES, check_root_and_list, load_item, load_tag_item, read_class_list,
-                                read_id_list, read_tag_list, role_for_split)
+from data_tools.sources import (
+    ROLES,
+    check_root_and_list,
+    load_item,
+    load_tag_item,
+    read_class_list,
+    read_id_list,
+    read_tag_list,
+    role_for_split,
+)
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
 from dcsp_dist.workdir import check_writable_dir, write_json
@@ -209,7 +217,8 @@ def main(argv=None) -> int:
         if not args.split:
             parser.error("--coco-annotations needs --split (e.g. train or val)")
         if not args.images or not os.path.isdir(args.images):
-            parser.error(f"--coco-annotations needs --images DIR (the folder of its images){'; ' + args.images + ' is not a directory' if args.images else ''}")
+            why = f"; {args.images} is not a directory" if args.images else ""
+            parser.error(f"--coco-annotations needs --images DIR (the folder of its images){why}")
         try:
             class_names, keys = read_coco(args.coco_annotations)
         except CocoError as exc:

@@ -160,6 +160,7 @@ def image_jobs(images: str, list_file: str | None, out_dir: str) -> list[tuple[s
 
 def main(argv=None) -> int:
     from tqdm import tqdm
+
     from data_tools.sources import check_root_and_list, read_id_list
 
     parser = argparse.ArgumentParser(prog="python -m data_tools.saliency", description=__doc__,

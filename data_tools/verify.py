@@ -18,6 +18,7 @@ import numpy as np
 def verify_split(directory: str, split: str) -> tuple[int, list[str]]:
     """(examples checked, problems) for one split."""
     import tensorflow as tf
+
     from dcsp_dist import records
 
     problems: list[str] = []

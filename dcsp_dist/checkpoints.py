@@ -27,39 +27,84 @@ def on_disk(ckpt_dir: str) -> list[str]:
     return [prefix for _, prefix in sorted(found, reverse=True)]
 
 
+def _fingerprint(prefix: str) -> tuple:
+    """(name, size, mtime) of a checkpoint's files: changes whenever they are rewritten."""
+    directory, base = os.path.split(prefix)
+    try:
+        names = sorted(n for n in os.listdir(directory or ".") if n.startswith(base + "."))
+        return tuple((n, *_stat(os.path.join(directory, n))) for n in names)
+    except OSError:
+        return ()
+
+
+def _stat(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+# Checkpoints this process has read in full, by their files' fingerprint: a stage start
+# checks the previous stage's checkpoint (done.json), then restores it; the second look
+# must not read hundreds of MB again.
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _remember(prefix: str) -> None:
+    _VERIFIED[prefix] = _fingerprint(prefix)
+
+
 def problem(prefix: str) -> str | None:
     """None if every tensor of the checkpoint reads back, else why not (one line)."""
     import tensorflow as tf
+    if _VERIFIED.get(prefix) == _fingerprint(prefix) != ():
+        return None
     try:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return _first_line(exc)
+    _remember(prefix)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "message", exc)).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def check(prefix: str, what: str = "--checkpoint") -> None:
     """Raise CheckpointError naming ``prefix`` when it cannot be read in full."""
     why = problem(prefix)
     if why:
-        raise CheckpointError(f"{what} {prefix} is unreadable (damaged or truncated: {why}); "
-                              f"use an earlier checkpoint of the stage or retrain it")
+        raise CheckpointError(_unreadable(prefix, what, why))
 
 
-def newest_readable(ckpt_dir: str, warn=print) -> str | None:
+def _unreadable(prefix: str, what: str, why: str) -> str:
+    return (f"{what} {prefix} is unreadable (damaged or truncated: {why}); "
+            f"use an earlier checkpoint of the stage or retrain it")
+
+
+def restore_model(model, prefix: str, what: str) -> None:
+    """Load ``model``'s weights from ``prefix``, or raise CheckpointError naming it."""
+    check(prefix, what)
+    import tensorflow as tf
+    tf.train.Checkpoint(model=model).read(prefix).expect_partial()
+
+
+def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
     """The newest checkpoint in ``ckpt_dir`` that reads back in full, or None when there are none.
 
     Damaged newer ones are skipped with a warning naming them. When checkpoints exist but
     none is readable, raises CheckpointError rather than let training start from scratch
     over them. The index file is rewritten to list the readable checkpoints, so
-    CheckpointManager keeps and rotates them as its own.
+    CheckpointManager keeps and rotates them as its own. ``probe(prefix)`` reads one
+    candidate in full and says why it failed, or None (default ``problem``; a resume
+    passes its restore, so that the checkpoint it resumes from is read once).
     """
     import tensorflow as tf
     candidates = on_disk(ckpt_dir)
     skipped = []
     for prefix in candidates:
-        why = problem(prefix)
+        why = probe(prefix)
         if why is None:
             if skipped:
                 warn(f"warning: skipped unreadable checkpoint(s) {', '.join(skipped)}; resuming from {prefix}")
@@ -72,3 +117,77 @@ def newest_readable(ckpt_dir: str, warn=print) -> str | None:
         raise CheckpointError(f"{ckpt_dir}: no readable checkpoint ({'; '.join(skipped)}); refusing to start "
                               f"from scratch over them: move {ckpt_dir} away to retrain the stage")
     return None
+
+
+def save(manager, step: int) -> str:
+    """manager.save, or one clear error (e.g. a full disk) that leaves the earlier
+    checkpoints as they were and no partial one behind."""
+    import glob
+    import shutil
+
+    import tensorflow as tf
+    try:
+        path = manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as exc:
+        prefix = os.path.join(manager.directory, f"ckpt-{step}")
+        for partial in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"):
+            shutil.rmtree(partial) if os.path.isdir(partial) else os.remove(partial)
+        kept = ", ".join(os.path.basename(p) for p in manager.checkpoints) or "none"
+        why = _first_line(exc)[:160]
+        raise OSError(f"saving checkpoint {prefix} failed ({why}); earlier checkpoints kept: {kept}") from None
+    _remember(path)   # written from the weights in memory: read back in full needs no re-check
+    return path
+
+
+class StageCheckpoints:
+    """A training stage's checkpoints (``<stage>/ckpt``): resume-or-initialise, save,
+    and the newest one, around ``tf.train.CheckpointManager``."""
+
+    def __init__(self, model, optimizer, directory: str, keep: int):
+        self.model, self.directory = model, os.path.join(directory, "ckpt")
+        self.checkpoint = _tf().train.Checkpoint(model=model, optimizer=optimizer)
+        self.keep = keep
+        self.manager = None
+
+    def resume_or_initialise(self, reads: bool, agree, initialise, warn) -> str | None:
+        """Restore the newest readable checkpoint, else ``initialise()`` (which returns a
+        description); on ranks where ``reads`` is False nothing is read (their state comes
+        from the broadcast that follows). ``agree(failure)`` makes a failure every rank's
+        (one CheckpointError on all of them). Returns a line saying where the weights came
+        from (None where nothing was read)."""
+        failure, origin = None, None
+        if reads:
+            try:
+                latest = newest_readable(self.directory, warn=warn, probe=self._restore)
+                origin = f"resuming from {latest}" if latest else initialise()
+            except CheckpointError as exc:
+                failure = str(exc)
+        failure = agree(failure)
+        if failure:
+            raise CheckpointError(failure)
+        self.manager = _tf().train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
+        return origin
+
+    def _restore(self, prefix: str) -> str | None:
+        """Restore model and optimizer from ``prefix``; None, or why it failed. (A failed
+        restore may leave some variables assigned: the next candidate, or the error that
+        ends the job, replaces them.)"""
+        tf = _tf()
+        try:
+            self.checkpoint.restore(prefix).expect_partial()
+        except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
+            return _first_line(exc)
+        _remember(prefix)
+        return None
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def save(self, step: int) -> str:
+        return save(self.manager, step)
+
+
+def _tf():
+    import tensorflow as tf
+    return tf

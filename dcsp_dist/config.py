@@ -14,7 +14,6 @@ from typing import Any
 
 from dcsp_dist.voc import NUM_CLASSES
 
-
 OBJECTIVES = ("authors_code", "paper_text")
 
 
@@ -64,7 +63,7 @@ class Config:
     cue_scales: tuple = (1.0, 0.75, 0.5)
     # Adapted cues (spec 4.4) as the authors compute them: argmax of the fused logits over
     # background + tags. True refines those probabilities with the dense CRF of evaluation
-    # first (an option, not the authors' step; see README, "What the demo produces").
+    # first (an option, not the authors' step; see docs/demo.md).
     adapt_crf: bool = False
     # Where the stride-8 segmentation outputs are interpolated to the image (spec 5 and 4.4):
     # "logits" as the authors (bilinear logits, then softmax/argmax); "probabilities" takes the
@@ -75,7 +74,7 @@ class Config:
     # "image", the whole image at once, as the authors; "crop", windows of crop_size that
     # overlap by a third, their outputs averaged on the stride-8 grid. A network trained only
     # on crops much smaller than the images is off its training inputs on whole images
-    # (``inference.windowed_outputs``; README, "What the demo produces").
+    # (``inference.windowed_outputs``; docs/demo.md).
     inference_window: str = "image"
     bg_threshold: float = 0.4
     # --- evaluation (spec 5) ---
@@ -210,7 +209,7 @@ def _synthetic_demo() -> Config:
     inference was 6 points worse and the adaptation round learned its errors): all options,
     see docs/conformance.md. Its frozen batch norm has no
     statistics (it is the identity); ``--set normalization=group_norm`` trains group norm
-    instead, which learned the attention stage more slowly here (see the README).
+    instead, which learned the attention stage more slowly here (see docs/demo.md).
     Deterministic: the same seed gives the same run.
     """
     return Config(

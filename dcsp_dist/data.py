@@ -262,7 +262,8 @@ def make_inference_dataset(data_dir: str, split: str, rank: int = 0, size: int =
         raise records.DataError(f"{records.manifest_path(data_dir, split)}: split {split} has no saliency maps; "
                                 f"rebuild it with Saliency/<id>.png or .npz present")
     if need_mask and not manifest.get("has_mask"):
-        raise records.DataError(f"{records.manifest_path(data_dir, split)}: split {split} has no masks; evaluation needs ground truth (use dcsp_dist.predict)")
+        raise records.DataError(f"{records.manifest_path(data_dir, split)}: split {split} has no masks; "
+                                f"evaluation needs ground truth (use dcsp_dist.predict)")
     if files is None:
         files = records.files_for_rank(records.shard_files(data_dir, manifest), rank, size,
                                        what=f"{data_dir} split {split}")

@@ -18,10 +18,10 @@ import socket
 import sys
 from typing import Iterable, Sequence
 
-import numpy as np
-import tensorflow as tf
 import horovod.tensorflow as hvd
 import horovod.tensorflow.elastic  # noqa: F401  (hvd.elastic)
+import numpy as np
+import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
 
 

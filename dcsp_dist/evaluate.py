@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from dcsp_dist.inference import Job, add_job_arguments, main_for
+from dcsp_dist.jobs import Job, add_job_arguments, main_for
 
 
 def parse_args(argv=None):

@@ -1,8 +1,14 @@
-"""Multi-scale inference shared by the cues stage, evaluation and prediction (spec 4.2, 5)."""
+"""The numerics of inference shared by the cues stages, evaluation and prediction (spec
+4.2, 5): multi-scale fusion, crop-size windows, class probabilities, and a trained model
+loaded from a run. The CRF worker pool is ``crf_pool``; the evaluate/predict command
+line is ``jobs``."""
 from __future__ import annotations
 
-# TensorFlow is imported inside the functions: evaluate/predict import this module at the
-# top, and their CRF worker processes (spawned) must start without loading TensorFlow.
+import os
+
+import tensorflow as tf
+
+from dcsp_dist import geometry
 
 
 def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
@@ -17,8 +23,6 @@ def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
     pads) up to the window; the outputs of overlapping windows are averaged. An image
     smaller than the window is one window, padded as a training crop would be.
     """
-    import tensorflow as tf
-
     cells = -(-window // stride)                                    # outputs per window side
     step = max(stride, (2 * window // 3) // stride * stride)
     size = tf.shape(x)[:2]
@@ -56,9 +60,6 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     ``window > 0`` runs the network on windows of that size at every scale
     (``windowed_outputs``, ``Config.inference_window``); 0 on the whole image.
     """
-    import tensorflow as tf
-
-    from dcsp_dist import geometry
     from dcsp_dist.data import preprocess_image
 
     scales = tuple(float(s) for s in scales)
@@ -97,8 +98,6 @@ def make_probability_fn(model, scales, stride: int = 8, space: str = "logits", w
     the fused segmentation logits upsampled then softmax (``space="logits"``, the authors'),
     or softmax on the output grid then upsampled (``space="probabilities"``); ``window``
     as ``make_multiscale_fn``."""
-    import tensorflow as tf
-
     fused = make_multiscale_fn(model, scales, "segmentation", stride, space, window)
     if space == "probabilities":
         return fused
@@ -116,10 +115,6 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     The architecture comes from the config.json saved beside the checkpoint (else from
     ``preset``). Raises FileNotFoundError/ValueError with one clear line.
     """
-    import os
-
-    import tensorflow as tf
-
     from dcsp_dist import checkpoints
     from dcsp_dist import config as config_lib
     from dcsp_dist import workdir as layout
@@ -147,143 +142,3 @@ def probability_fn_for(model, cfg, scales=None):
     stride, ``upsample_space`` and ``inference_window``."""
     return make_probability_fn(model, cfg.eval_scales if scales is None else scales, cfg.output_stride,
                                cfg.upsample_space, cfg.inference_window_size)
-
-
-def run_inference(probabilities, dataset, crf_params, workers: int = 1):
-    """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
-    example of ``dataset`` (the label map is the CRF's, or the argmax without CRF).
-
-    ``probabilities``: the compiled image -> [H, W, C] fn (``probability_fn_for``). The
-    network runs here; the CPU-bound dense CRF of an image runs in a pool of
-    ``workers`` processes while the network computes the next images (``workers=0``:
-    inline, sequential). Labels come back in dataset order.
-    """
-    import collections
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from dcsp_dist.crf import crf_on_labels, dense_crf, select_labels
-
-    if workers <= 0 or crf_params is None:
-        for ex in dataset:
-            probs = probabilities(ex["image"]).numpy()
-            argmax = probs.argmax(-1).astype("uint8")
-            yield ex, argmax if crf_params is None else dense_crf(ex["image"].numpy(), probs, crf_params), argmax
-        return
-    pending = collections.deque()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        for ex in dataset:
-            probs = probabilities(ex["image"]).numpy()
-            # Only the labels that can matter travel to the worker, as [k, H, W] float32.
-            labels, sub = select_labels(probs, crf_params.label_margin)
-            future = pool.submit(crf_on_labels, ex["image"].numpy(), sub, labels, crf_params)
-            pending.append((ex, future, probs.argmax(-1).astype("uint8")))
-            while len(pending) > 2 * workers:   # bounded look-ahead keeps memory flat
-                done_ex, future, argmax = pending.popleft()
-                yield done_ex, future.result(), argmax
-        while pending:
-            done_ex, future, argmax = pending.popleft()
-            yield done_ex, future.result(), argmax
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-# ----------------------------------------------------------------------------- entry points
-def add_job_arguments(parser, default_split: str) -> None:
-    """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
-    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
-    parser.add_argument("--data", required=True, help="TFRecords directory")
-    parser.add_argument("--split", default=default_split)
-    parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
-    parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
-    parser.add_argument("--window", choices=("image", "crop"), default=None,
-                        help="run the network on the whole image or on crop-size windows "
-                             "(default: the run's inference_window)")
-    parser.add_argument("--crf-workers", type=int, default=None,
-                        help="CRF worker processes per rank, overlapped with the network (0: sequential; "
-                             "default: this rank's share of the node's cores, at least 1)")
-    parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
-    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
-    parser.add_argument("--horovod-timeline", metavar="FILE", help="write Horovod's timeline (a Chrome trace of every "
-                        "collective) to FILE; open it in chrome://tracing or ui.perfetto.dev")
-    parser.add_argument("--verify-data", action="store_true",
-                        help="check every shard's sha256 and record count first (default: existence and size)")
-
-
-def default_crf_workers(local_size: int) -> int:
-    """CRF processes per rank: the rank's share of this node's cores.
-
-    The CRF (~1 s of CPU per VOC image) outweighs the network's CPU work (small on a GPU,
-    and on a CPU the network waits for the CRF anyway), so every core gets a CRF process.
-    """
-    from dcsp_dist.distributed import cores_per_rank
-    return cores_per_rank(local_size)
-
-
-def parse_scales(text: str | None, default) -> tuple:
-    if text is None:
-        return tuple(default)
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
-    if not scales or scales[0] != 1.0 or min(scales) <= 0:
-        raise ValueError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
-    return scales
-
-
-class Job:
-    """What one rank needs to run inference over its shards, checked before any work."""
-
-    def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None):
-        import dataclasses
-        import os
-
-        from dcsp_dist import data, distributed, records
-        from dcsp_dist.crf import CRFParams
-
-        if out_dir is not None:   # before hours of inference, not after
-            from dcsp_dist.workdir import check_writable_dir
-            check_writable_dir(out_dir, "--out")
-        if args.crf_workers is not None and args.crf_workers < 0:
-            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
-        self.data_dir = args.data
-        self.manifest = records.read_manifest(args.data, args.split)
-        self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
-                                            what=f"{args.data} split {args.split}")
-        distributed.check_on_every_rank(
-            lambda: records.check_shards(args.data, self.manifest, self.files, deep=args.verify_data),
-            records.DataError)
-        # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
-        self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
-        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
-        if self.cfg.num_classes != len(self.manifest["class_names"]):
-            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
-                             f"records have {len(self.manifest['class_names'])}")
-        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
-        if args.window is not None:
-            self.cfg = dataclasses.replace(self.cfg, inference_window=args.window)
-        self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
-                              if os.path.join(args.data, s["file"]) in self.files)
-        self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
-        self.workers = default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
-
-    def results(self):
-        """(example, label, network argmax) for this rank's images, with the network/CRF
-        overlap. Damaged records end as one DataError naming the shard."""
-        import tensorflow as tf
-
-        from dcsp_dist import records
-        try:
-            yield from run_inference(probability_fn_for(self.model, self.cfg, self.scales), self.dataset, self.crf,
-                                     workers=self.workers)
-        except tf.errors.DataLossError as exc:
-            raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
-
-
-def main_for(job_fn, args) -> int:
-    """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
-    from dcsp_dist import distributed, records
-    ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
-    return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))

@@ -15,7 +15,7 @@ import os
 import sys
 import tarfile
 
-from dcsp_dist.inference import Job, add_job_arguments, main_for
+from dcsp_dist.jobs import Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
 
@@ -33,6 +33,7 @@ def parse_args(argv=None):
 def save_palette_png(label, path: str) -> None:
     """Write a class-index map as a palette PNG with the VOC colour map (atomically)."""
     from PIL import Image
+
     from dcsp_dist.voc import palette
     image = Image.fromarray(label.astype("uint8"), mode="P")
     image.putpalette(palette())
@@ -44,6 +45,7 @@ def save_palette_png(label, path: str) -> None:
 def save_overlay(image, label, path: str) -> None:
     import numpy as np
     from PIL import Image
+
     from dcsp_dist.voc import color_map
     colour = color_map()[label]
     blend = (0.5 * image + 0.5 * colour).astype(np.uint8)

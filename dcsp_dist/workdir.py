@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-# The whole DCSP schedule (spec 4), in order. Training stages carry model checkpoints.
-SCHEDULE = ("attention", "cues", "segmentation", "adapt", "segmentation_adapted")
-TRAINING_STAGES = ("attention", "segmentation", "segmentation_adapted")
+from dcsp_dist.stages import SCHEDULE, TRAINING_STAGES  # noqa: F401  (the stage table's names)
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -92,3 +90,8 @@ def final_checkpoint(path: str) -> tuple[str, str]:
         config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "config.json")
         return path, config
     raise FileNotFoundError(f"--checkpoint {path}: no such run directory or checkpoint")
+
+
+def stage_checkpoint(workdir: str, stage: str) -> str:
+    """The checkpoint prefix a finished training stage's done.json names."""
+    return os.path.join(stage_dir(workdir, stage), read_done(workdir, stage)["checkpoint"])

@@ -10,8 +10,12 @@ ENTRY=train STAGE="" CONFIG="" DATA="" WORKDIR="" DRY_RUN=0
 PYTHON="${PYTHON:-}"
 EXTRA=()
 
+# The stage names come from the stage table (dcsp_dist/stages.py), the only list of them.
+STAGE_NAMES="$(PYTHONPATH="$REPO_DIR" "$( [[ -x "$REPO_DIR/.venv/bin/python" ]] && echo "$REPO_DIR/.venv/bin/python" || echo python3)" \
+  -m dcsp_dist.stages)"
+
 COMMON_HELP='Job (what every launcher needs):
-  --stage S        attention | cues | segmentation | adapt | segmentation_adapted | all
+  --stage S        '"${STAGE_NAMES// / | }"' | all
   --config C       preset: voc_paper | synthetic_demo | tiny_test
   --data DIR       TFRecords directory (data_tools.build)
   --workdir DIR    run directory
@@ -84,8 +88,7 @@ job_command() {
     train)
       [[ -n "$STAGE" ]] || die "--stage is required"
       [[ -n "$CONFIG" ]] || die "--config is required"
-      case "$STAGE" in attention|cues|segmentation|adapt|segmentation_adapted|all) ;;
-        *) die "--stage $STAGE: not one of attention cues segmentation adapt segmentation_adapted all" ;; esac
+      [[ " $STAGE_NAMES all " == *" $STAGE "* ]] || die "--stage $STAGE: not one of $STAGE_NAMES all"
       JOB=("$PYTHON" -m dcsp_dist.train --stage "$STAGE" --config "$CONFIG" --data "$DATA" --workdir "$WORKDIR") ;;
     evaluate)
       JOB=("$PYTHON" -m dcsp_dist.evaluate --checkpoint "$WORKDIR" --data "$DATA") ;;
@@ -105,6 +108,9 @@ run_or_print() {
     cd "$REPO_DIR"
     export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
     [[ "${DCSP_TF_LOGS:-0}" == 1 ]] && exec "$@"
-    exec "$@" 2> >(grep --line-buffered -v -E -f "$LAUNCH_DIR/tf_startup_noise" >&2)
+    exec "$@" 2> >(drop_tf_noise >&2)
   fi
 }
+
+# drop_tf_noise: a filter (stdin to stdout) without TensorFlow's start-up lines.
+drop_tf_noise() { grep --line-buffered -v -E -f "$LAUNCH_DIR/tf_startup_noise" || true; }

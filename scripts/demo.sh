@@ -13,13 +13,13 @@ SEED="${SEED:-0}"
 DIR="${DEMO_DIR:-demo_run}"
 SYNTH="${SYNTH:-}"
 PY=.venv/bin/python
-HVD=(.venv/bin/horovodrun --gloo -np "$NP" -H "localhost:$NP")
+LOCAL=(launch/local.sh -n "$NP")     # the one launch path: horovodrun --gloo on this machine
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The demo's tiny model takes ~0.5 s a step: Horovod's own 1 ms cycle suits it better than
-# the 50 ms dcsp_dist uses on CPU-only ranks for full-size models (see README, Benchmarks).
+# the 50 ms dcsp_dist uses on CPU-only ranks for full-size models (see docs/benchmarks.md).
 export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
 # TensorFlow's start-up lines, repeated by every process, that no setting silences.
-quiet() { grep --line-buffered -v -E -f launch/tf_startup_noise || true; }
+quiet() { grep --line-buffered -v -E -f launch/tf_startup_noise || true; }   # as launch/common.sh's filter
 start=$(date +%s)
 
 if [[ -f "$DIR/seed" && "$(cat "$DIR/seed")" != "$SEED" ]]; then
@@ -46,13 +46,12 @@ for split in train val; do
 done
 
 echo "== DCSP schedule on $NP ranks: attention -> cues -> segmentation -> adapt -> segmentation"
-"${HVD[@]}" "$PY" -m dcsp_dist.train --stage all --config synthetic_demo --set "seed=$SEED" \
-  --data "$DIR/records" --workdir "$DIR/run" 2>&1 | quiet
+"${LOCAL[@]}" --stage all --config synthetic_demo --data "$DIR/records" --workdir "$DIR/run" -- --set "seed=$SEED"
 
 echo "== evaluation with dense CRF on $NP ranks: first segmentation stage, then the final model"
-"${HVD[@]}" "$PY" -m dcsp_dist.evaluate --checkpoint "$DIR/run/segmentation" --data "$DIR/records" \
-  --split val --out "$DIR/run/eval_val_segmentation" 2>&1 | quiet
-"${HVD[@]}" "$PY" -m dcsp_dist.evaluate --checkpoint "$DIR/run" --data "$DIR/records" --split val 2>&1 | quiet
+"${LOCAL[@]}" --evaluate --workdir "$DIR/run/segmentation" --data "$DIR/records" -- \
+  --split val --out "$DIR/run/eval_val_segmentation"
+"${LOCAL[@]}" --evaluate --workdir "$DIR/run" --data "$DIR/records" -- --split val
 
 "$PY" scripts/demo_summary.py "$DIR" "$SEED" "$(( $(date +%s) - start ))" 2>&1 | quiet
 echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: launch/tensorboard.sh $DIR/run"

@@ -7,13 +7,13 @@
 #       -- --config synthetic_demo --set seed=0 --set segmentation_steps=600
 #
 # Prints the evaluation's per-class table; results in NEW/eval_val_nocrf/results.json.
-# Used to find where the demo's adaptation round loses (README, "What the demo produces").
+# Used to find where the demo's adaptation round loses (docs/demo.md).
 set -euo pipefail
 [[ $# -ge 5 ]] || { sed -n 2,10p "$0" >&2; exit 2; }
 OLD=$(cd "$1" && pwd) DATA=$2 NEW=$3 FIRST=$4 LAST=$5; shift 5
 [[ "${1:-}" == "--" ]] && shift
 cd "$(dirname "$0")/.."
-SCHEDULE=(attention cues segmentation adapt segmentation_adapted)
+read -ra SCHEDULE <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.stages)"   # the stage table's names
 index() { local i; for i in "${!SCHEDULE[@]}"; do [[ "${SCHEDULE[$i]}" == "$1" ]] && { echo "$i"; return; }; done
           echo "stage_ab.sh: unknown stage $1 (one of ${SCHEDULE[*]})" >&2; exit 2; }
 first=$(index "$FIRST") last=$(index "$LAST")
@@ -24,13 +24,16 @@ for ((i = 0; i < first; i++)); do
   [[ -f "$OLD/${SCHEDULE[$i]}/done.json" ]] || { echo "stage_ab.sh: $OLD/${SCHEDULE[$i]} is not done" >&2; exit 2; }
   ln -s "$OLD/${SCHEDULE[$i]}" "$NEW/${SCHEDULE[$i]}"
 done
-export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
-HVD=(.venv/bin/horovodrun --gloo -np "${NP:-2}" -H "localhost:${NP:-2}")
+export TF_CPP_MIN_LOG_LEVEL=2 HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
+LOCAL=(launch/local.sh -n "${NP:-2}")   # the one launch path
+# --config is a launcher option; the rest of "$@" goes to the job.
+CONFIG=synthetic_demo ARGS=()
+while (($#)); do
+  if [[ "$1" == --config ]]; then CONFIG=$2; shift 2; else ARGS+=("$1"); shift; fi
+done
 for ((i = first; i <= last; i++)); do
-  "${HVD[@]}" .venv/bin/python -m dcsp_dist.train --stage "${SCHEDULE[$i]}" --data "$DATA" --workdir "$NEW" "$@" \
-    2>&1 | grep --line-buffered -v -E -f launch/tf_startup_noise
+  "${LOCAL[@]}" --stage "${SCHEDULE[$i]}" --config "$CONFIG" --data "$DATA" --workdir "$NEW" -- "${ARGS[@]}"
 done
 stage=${SCHEDULE[$last]}
 [[ "$stage" == segmentation || "$stage" == segmentation_adapted ]] || exit 0
-"${HVD[@]}" .venv/bin/python -m dcsp_dist.evaluate --checkpoint "$NEW/$stage" --data "$DATA" --split val --no-crf \
-  --out "$NEW/eval_val_nocrf" 2>&1 | grep --line-buffered -v -E -f launch/tf_startup_noise
+"${LOCAL[@]}" --evaluate --workdir "$NEW/$stage" --data "$DATA" -- --split val --no-crf --out "$NEW/eval_val_nocrf"

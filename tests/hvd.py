@@ -14,8 +14,8 @@ def run_ranks(num_ranks: int, *args: str, timeout: int = 900, check: bool = True
     """Run ``python ARGS...`` as ``num_ranks`` Horovod processes on localhost.
 
     One TensorFlow thread per rank (DCSP_THREADS=1), so oversubscribed runs (3 or 4 ranks on
-    2 cores) stay sane, and Horovod's 1 ms cycle: the tests' tiny steps take milliseconds. Returns the completed process; with ``check`` a non-zero exit fails
-    with the job's output.
+    2 cores) stay sane, and Horovod's 1 ms cycle: the tests' tiny steps take milliseconds.
+    Returns the completed process; with ``check`` a non-zero exit fails with the job's output.
     """
     cmd = [HOROVODRUN, "--gloo", "-np", str(num_ranks), "-H", f"localhost:{num_ranks}",
            sys.executable, *args]

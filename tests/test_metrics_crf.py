@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from dcsp_dist import crf, inference, metrics
+from dcsp_dist import crf, crf_pool, metrics
 
 
 def test_confusion_and_miou_match_independent_reference():
@@ -54,9 +54,9 @@ def test_crf_sharpens_blurred_probabilities_on_real_voc_image(voc_sample):
 def test_default_crf_workers_give_each_core_of_a_rank_a_crf_process():
     import os
     cores = len(os.sched_getaffinity(0))
-    assert inference.default_crf_workers(1) == cores
-    assert inference.default_crf_workers(cores) == 1          # one core per rank: still overlap
-    assert inference.default_crf_workers(4 * cores) == 1      # oversubscribed: at least one
+    assert crf_pool.default_crf_workers(1) == cores
+    assert crf_pool.default_crf_workers(cores) == 1          # one core per rank: still overlap
+    assert crf_pool.default_crf_workers(4 * cores) == 1      # oversubscribed: at least one
 
 
 def _probs_with_tail(rng, h, w, c, present, tail_levels):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from dcsp_dist import config
-from dcsp_dist.models import (backbone, build_model, export_caffe_dict, load_caffe_dict,
-                              parameter_groups)
+from dcsp_dist.models import backbone, build_model, export_caffe_dict, load_caffe_dict, parameter_groups
 from dcsp_dist.models.weights import read_caffe_file, write_caffe_file
 
 TINY = config.make_config("tiny_test", {"normalization": "frozen_batch_norm"})  # Caffe/ImageNet layout

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dcsp_dist import config, distributed
-from dcsp_dist.train import StageTrainer
+from dcsp_dist.trainer import StageTrainer
 
 
 def _batch(cfg, n=2):

@@ -114,7 +114,8 @@ def test_joining_worker_with_a_global_batch_that_does_not_divide_stops_with_one_
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1", DCSP_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.Popen(
         ["bash", "launch/elastic.sh", "-n", "1", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
-         str(discover), "--network-interface", "lo", "--elastic-timeout", "60", "--python", sys.executable, "--stage", "attention", "--config", "tiny_test", "--data",
+         str(discover), "--network-interface", "lo", "--elastic-timeout", "60", "--python", sys.executable,
+         "--stage", "attention", "--config", "tiny_test", "--data",
          str(synth_records), "--workdir", str(workdir), "--", "--set", "global_batch=3", "--set",
          f"attention_steps={STEPS}", "--set", f"elastic_commit_every={COMMIT}", "--set", "log_every=1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -18,7 +18,9 @@ def _evaluate(num_ranks, run, data, out, *extra):
 
 def _expected_pixels(data):
     import tensorflow as tf
-    from dcsp_dist import data as pipeline, records
+
+    from dcsp_dist import data as pipeline
+    from dcsp_dist import records
     manifest = records.read_manifest(str(data), "val")
     total = 0
     for ex in pipeline.make_inference_dataset(str(data), "val", files=records.shard_files(str(data), manifest)):
@@ -68,11 +70,13 @@ def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, 
     assert (out / "results.tar.gz").stat().st_size > 0
     assert len(list((out / "overlays").glob("*.jpg"))) == 7
     # The PNG indices are the evaluation's argmax: evaluate the same way and compare.
-    from dcsp_dist import metrics, records, data as pipeline
+    from dcsp_dist import data as pipeline
+    from dcsp_dist import metrics, records
     manifest = records.read_manifest(str(synth_records), "val")
     matrix = np.zeros((21, 21), np.int64)
     for ex in pipeline.make_inference_dataset(str(synth_records), "val", files=records.shard_files(str(synth_records), manifest)):
-        pred = np.asarray(Image.open(out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / f"{ex['id'].numpy().decode()}.png"))
+        server_dir = out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+        pred = np.asarray(Image.open(server_dir / f"{ex['id'].numpy().decode()}.png"))
         matrix += metrics.confusion_matrix(ex["mask"].numpy(), pred, 21)
     result, _ = _evaluate(1, workdir, synth_records, tmp_path / "ref", "--no-crf")
     assert matrix.tolist() == result["confusion_matrix"]

@@ -226,7 +226,7 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
     import tensorflow as tf
 
     from dcsp_dist import workdir as layout
-    from dcsp_dist.train import _save
+    from dcsp_dist.checkpoints import save as _save
 
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64)])
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(small_tmpfs / "ckpt"), max_to_keep=3)

@@ -161,7 +161,9 @@ def test_adapt_with_crf_writes_cues_of_tagged_classes(tiny_run, synth_records, t
     """adapt_crf=true: the adapt stage's cues come from the CRF-refined restricted softmax;
     every label is background or a tagged class, and the stage reports its cue quality."""
     import shutil
+
     import tensorflow as tf
+
     from dcsp_dist import records
     from dcsp_dist.data import decode_cue
     workdir, _ = tiny_run

@@ -15,7 +15,7 @@ ctx = distributed.init()
 import tensorflow as tf  # noqa: E402
 
 from dcsp_dist import config, data, records  # noqa: E402
-from dcsp_dist.train import StageTrainer  # noqa: E402
+from dcsp_dist.trainer import StageTrainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)

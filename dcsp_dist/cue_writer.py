@@ -1,0 +1,130 @@
+"""The cue stages (spec 4.2, 4.4): cue shards for the training split, rank-parallel,
+whole shards per rank.
+
+``cues``: attention maps + saliency from the attention stage's model. ``adapt``:
+segmentation logits restricted to the tags from the segmentation stage's model (through
+the dense CRF first with ``adapt_crf``). Each shard is written under a temporary name and
+renamed when complete; the cues' mIoU is reported when the split has masks.
+"""
+from __future__ import annotations
+
+import os
+
+from dcsp_dist import stages
+from dcsp_dist import workdir as layout
+
+
+def make_cue_fn(stage: str, cfg, model):
+    """``(example, saliency) -> (label [H, W] uint8 or probabilities, png bytes)`` for ``stage``."""
+    import tensorflow as tf
+
+    from dcsp_dist import crf, cues
+    from dcsp_dist.inference import make_multiscale_fn
+
+    spec = stages.get(stage)
+    refine = stage == "adapt" and cfg.adapt_crf   # adapted cues through the dense CRF (an option)
+    crf_params = crf.CRFParams.from_config(cfg)
+    space = "logits" if stage == "cues" else cfg.upsample_space
+    fused = make_multiscale_fn(model, cfg.cue_scales, spec.output, cfg.output_stride, space,
+                               cfg.inference_window_size)
+
+    @tf.function(reduce_retracing=True)
+    def make_cue(image, saliency, tags):
+        maps = fused(image)                                              # [H, W, K]
+        if stage == "cues":
+            label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
+        elif refine:
+            return cues.adapted_probabilities(maps, tags, are_probabilities=space == "probabilities")
+        else:
+            label = cues.adapted_cues(maps, tags)
+        return label
+
+    def cue_of(example, saliency):
+        out = make_cue(example["image"], saliency, example["tags"])
+        if refine:
+            out = tf.constant(crf.dense_crf(example["image"].numpy(), out.numpy(), crf_params))
+        return out, tf.io.encode_png(out[..., None])
+
+    return cue_of
+
+
+def write_shard(path: str, target: str, examples, cue_of, on_label) -> None:
+    """The cue shard ``target`` for the image shard ``path``, written whole or not at all
+    (``on_label(example, label)`` sees every cue). Errors are raised as OSError/OpError."""
+    import tensorflow as tf
+
+    from dcsp_dist import records
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for ex in examples:
+                saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
+                label, png = cue_of(ex, saliency)
+                writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
+                on_label(ex, label)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):    # nothing half-written is left behind
+            os.remove(tmp)
+
+
+def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
+    """Write this rank's cue shards; returns the summary (with the cues' mIoU when the split has masks)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dcsp_dist import checkpoints, data, distributed, metrics, records
+    from dcsp_dist.progress import progress
+    from dcsp_dist.trainer import build_model
+
+    spec = stages.get(stage)
+    directory = layout.stage_dir(workdir, stage)
+    manifest = records.read_manifest(data_dir, cfg.train_split)
+    mine = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
+                                  what=f"{data_dir} split {cfg.train_split}")
+    os.makedirs(directory, exist_ok=True)
+
+    model = build_model(cfg)
+    checkpoints.restore_model(model, layout.stage_checkpoint(workdir, spec.source),
+                              f"the {spec.source} stage's checkpoint")
+    distributed.broadcast_state(model)
+    cue_of = make_cue_fn(stage, cfg, model)
+
+    matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    total = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(data_dir, s["file"]) in mine)
+    bar = progress(total, f"[{stage}] rank 0", enabled=ctx.is_chief)
+
+    def on_label(ex, label):
+        if manifest.get("has_mask"):
+            matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
+        bar.update(1)
+
+    for path in mine:
+        target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
+        examples = data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
+                                               need_saliency=stage == "cues")
+        try:
+            write_shard(path, target, examples, cue_of, on_label)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
+        except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
+            raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    bar.close()
+    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir)
+
+
+def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str) -> dict:
+    """Rank 0 writes ``cues.json`` and ``done.json`` (with the cues' mIoU against the
+    training masks, when there are masks) and prints the per-class table."""
+    from dcsp_dist import distributed, metrics
+    summary = {"stage": stage, "num_images": manifest["num_examples"]}
+    if manifest.get("has_mask"):
+        result = metrics.scores(matrix)
+        summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
+        distributed.log(metrics.format_table(result, manifest["class_names"], f"[{stage}] cue quality vs. training masks"))
+    if ctx.is_chief:
+        layout.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
+        layout.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
+                                                              if k in ("stage", "num_images", "miou")})
+    distributed.barrier()
+    return summary

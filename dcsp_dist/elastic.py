@@ -1,0 +1,78 @@
+"""Horovod elastic training: the world of a job whose workers come and go.
+
+``horovodrun --min-np/--max-np --host-discovery-script`` starts every worker with the same
+command, and a worker may join mid-stage. So every rank reads shared state (checkpoints,
+done-markers, shards) itself, with no collective before the elastic state's first sync;
+the steps run in Horovod's reset loop. Weights, optimizer and step are committed to host
+memory every ``elastic_commit_every`` steps; a lost worker rolls the others back to the
+last commit, a new one syncs from rank 0. The global batch is kept and re-split over the
+new world; each rank's pipeline is rebuilt for its new shards from the committed step.
+"""
+from __future__ import annotations
+
+from dcsp_dist import distributed
+from dcsp_dist.stages import TRAINING_STAGES
+
+
+class ElasticWorld:
+    """The same interface as ``world.FixedWorld``, for an elastic job."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    @property
+    def context(self):
+        return distributed.context()
+
+    reads_shared_state = True
+
+    def check_stages(self, stages) -> None:
+        if any(name not in TRAINING_STAGES for name in stages):
+            raise ValueError(f"--stage {'all' if len(stages) > 1 else stages[0]}: elastic jobs run one training "
+                             f"stage at a time ({', '.join(TRAINING_STAGES)}); run the cue stages with "
+                             f"launch/local.sh or launch/multinode.sh")
+
+    def check_shards(self, check_mine, check_all) -> None:
+        """All shards, on every rank, with no collective."""
+        check_all()
+
+    def check_batch(self, cfg) -> None:
+        """Checked for each world size inside the loop."""
+
+    def check_config(self, digest: str) -> None:
+        """horovodrun starts every elastic worker with the same command."""
+
+    def agree(self, compute):
+        return compute()
+
+    def agree_failure(self, failure: str | None) -> str | None:
+        return failure
+
+    def sync_state(self, model, optimizer) -> None:
+        """The elastic state's sync does it, inside the loop."""
+
+    def input_pipeline(self, make_dataset, cfg):
+        """Rebuilt for each world size, from the committed step."""
+        return lambda first, ctx: iter(make_dataset(cfg.per_rank_batch(ctx.size), ctx, first))
+
+    def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
+        model, optimizer = run_steps.model, run_steps.optimizer
+        state = distributed.ElasticState(model, optimizer, step=start)
+        calls = []
+
+        def on_step(done):
+            state.step = done
+            if done % commit_every == 0 or done == steps:
+                state.commit()
+
+        @distributed.run_elastic
+        def elastic_loop(state):
+            c = distributed.refresh_context()
+            iterator = inputs(state.step, c)   # ValueError (one line, every rank) if the batch does not divide
+            if calls:
+                distributed.log(f"[{run_steps.stage}] elastic: {c.size} rank(s) from step {state.step}, "
+                                f"{run_steps.cfg.per_rank_batch(c.size)} image(s) per rank")
+            calls.append(state.step)
+            run_steps(state.step, iterator, c, on_step)
+
+        elastic_loop(state)

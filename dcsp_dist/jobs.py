@@ -1,0 +1,98 @@
+"""The command line shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``: their
+arguments, the per-rank job checked before any work, and the entry point.
+
+TensorFlow is imported inside the functions: evaluate/predict import this module at the
+top, and their CRF worker processes (spawned) must start without loading TensorFlow.
+"""
+from __future__ import annotations
+
+
+def add_job_arguments(parser, default_split: str) -> None:
+    """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
+    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
+    parser.add_argument("--data", required=True, help="TFRecords directory")
+    parser.add_argument("--split", default=default_split)
+    parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
+    parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
+    parser.add_argument("--window", choices=("image", "crop"), default=None,
+                        help="run the network on the whole image or on crop-size windows "
+                             "(default: the run's inference_window)")
+    parser.add_argument("--crf-workers", type=int, default=None,
+                        help="CRF worker processes per rank, overlapped with the network (0: sequential; "
+                             "default: this rank's share of the node's cores, at least 1)")
+    parser.add_argument("--config", default=None, help="preset, only if the checkpoint has no config.json")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
+    parser.add_argument("--horovod-timeline", metavar="FILE", help="write Horovod's timeline (a Chrome trace of every "
+                        "collective) to FILE; open it in chrome://tracing or ui.perfetto.dev")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="check every shard's sha256 and record count first (default: existence and size)")
+
+
+def parse_scales(text: str | None, default) -> tuple:
+    if text is None:
+        return tuple(default)
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
+    if not scales or scales[0] != 1.0 or min(scales) <= 0:
+        raise ValueError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
+    return scales
+
+
+class Job:
+    """What one rank needs to run inference over its shards, checked before any work."""
+
+    def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None):
+        import dataclasses
+        import os
+
+        from dcsp_dist import crf_pool, data, distributed, records
+        from dcsp_dist.crf import CRFParams
+
+        if out_dir is not None:   # before hours of inference, not after
+            from dcsp_dist.workdir import check_writable_dir
+            check_writable_dir(out_dir, "--out")
+        if args.crf_workers is not None and args.crf_workers < 0:
+            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+        self.data_dir = args.data
+        self.manifest = records.read_manifest(args.data, args.split)
+        self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
+                                            what=f"{args.data} split {args.split}")
+        distributed.check_on_every_rank(
+            lambda: records.check_shards(args.data, self.manifest, self.files, deep=args.verify_data),
+            records.DataError)
+        # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
+        self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
+        from dcsp_dist.inference import load_for_inference
+        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
+        if self.cfg.num_classes != len(self.manifest["class_names"]):
+            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
+                             f"records have {len(self.manifest['class_names'])}")
+        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
+        if args.window is not None:
+            self.cfg = dataclasses.replace(self.cfg, inference_window=args.window)
+        self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
+                              if os.path.join(args.data, s["file"]) in self.files)
+        self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
+        self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
+
+    def results(self):
+        """(example, label, network argmax) for this rank's images, with the network/CRF
+        overlap. Damaged records end as one DataError naming the shard."""
+        import tensorflow as tf
+
+        from dcsp_dist import crf_pool, records
+        from dcsp_dist.inference import probability_fn_for
+        try:
+            yield from crf_pool.run_inference(probability_fn_for(self.model, self.cfg, self.scales), self.dataset, self.crf,
+                                     workers=self.workers)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
+
+
+def main_for(job_fn, args) -> int:
+    """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
+    from dcsp_dist import distributed, records
+    ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
+    return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))

@@ -1,0 +1,102 @@
+"""The compiled training step of one stage: model, optimiser, parameter groups and the
+Horovod-averaged SGD step (spec 3, 4.1, 4.3)."""
+from __future__ import annotations
+
+from dcsp_dist import stages
+
+
+def build_model(cfg):
+    """The stage's network with identical initial weights on every rank (seeded)."""
+    import keras
+
+    from dcsp_dist.models import build_model as build
+    keras.utils.set_random_seed(cfg.seed)
+    return build(cfg)
+
+
+class StageTrainer:
+    """Model, optimiser and compiled step of one training stage.
+
+    The attention stage trains the new layers only (the backbone too when
+    cfg.attention_trains_backbone, for models without ImageNet features) on classification
+    + L2. Segmentation stages train everything but batch norm, with the objective
+    cfg.segmentation_objective (spec 4.3): "authors_code" sends the segmentation loss
+    alone into backbone and ASPP and classification + L2 on its own kernel into the
+    attention head; "paper_text" sends segmentation + classification + L2 into everything.
+    Learning-rate multipliers x1/x10/x20 scale the gradients of the backbone / head kernels
+    / head biases (SGD: same as scaling the rate).
+    """
+
+    def __init__(self, stage: str, cfg):
+        import keras
+
+        from dcsp_dist.models import attention_head, parameter_groups
+        from dcsp_dist.schedule import PolyWithWarmup
+
+        self.stage, self.cfg = stage, cfg
+        spec = stages.get(stage)
+        self.steps = getattr(cfg, spec.steps_setting)
+        self.use_segmentation = spec.cues is not None
+        self.model = build_model(cfg)
+        groups = parameter_groups(self.model)
+        train_backbone = stage != "attention" or cfg.attention_trains_backbone
+        variables = groups.trainable(train_backbone)
+        multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
+            [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
+        head = attention_head(self.model)
+        self.split_objective = self.use_segmentation and cfg.segmentation_objective == "authors_code"
+        if self.split_objective:
+            # Shared variables (backbone + ASPP) first, the attention head's last.
+            order = sorted(range(len(variables)), key=lambda i: variables[i] is head.kernel or variables[i] is head.bias)
+            variables, multipliers = [variables[i] for i in order], [multipliers[i] for i in order]
+            self.num_shared = len(variables) - 2
+            self.kernels = [head.kernel]
+        else:
+            self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
+        self.variables, self.multipliers = variables, multipliers
+        self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.poly_power, cfg.warmup_steps)
+        self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
+        self.optimizer.build(self.variables)
+        self.step = self._make_step()
+
+    def _make_step(self):
+        import tensorflow as tf
+
+        from dcsp_dist import data, distributed, losses
+
+        cfg, model, optimizer = self.cfg, self.model, self.optimizer
+        variables, multipliers, kernels = self.variables, self.multipliers, self.kernels
+        use_segmentation, split = self.use_segmentation, self.split_objective
+        shared, head = variables[:self.num_shared] if split else None, variables[self.num_shared:] if split else None
+        loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
+
+        @tf.function(jit_compile=cfg.xla)
+        def local_step(batch):
+            """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
+            with tf.GradientTape(persistent=split) as tape:
+                out = model(data.network_input(batch["image"], batch["valid"]), training=False)
+                cls = losses.classification_loss(out["attention"], batch["tags"])
+                seg = losses.segmentation_loss(out["segmentation"], batch["cue"], cfg.output_stride) \
+                    if use_segmentation else 0.0
+                l2 = losses.l2_loss(kernels, cfg.weight_decay)
+                total = cls + seg + l2
+                # Static loss scaling for float16 (1 otherwise), inside the tape.
+                scaled_total, scaled_seg, scaled_head = total * loss_scale, seg * loss_scale, (cls + l2) * loss_scale
+            if split:   # spec 4.3, authors' code: each loss reaches its own layers only
+                grads = tape.gradient(scaled_seg, distributed.raw_variables(shared)) + \
+                    tape.gradient(scaled_head, distributed.raw_variables(head))
+            else:
+                grads = tape.gradient(scaled_total, distributed.raw_variables(variables))
+            return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
+
+        @tf.function
+        def train_step(batch):
+            """One SGD step; returns rank-averaged [total, cls, seg, l2] (same on every rank,
+            so a non-finite loss anywhere stops every rank)."""
+            values, grads = local_step(batch)
+            grads = distributed.average_gradients(grads, cfg.gradient_compression)   # Horovod allreduce, outside XLA
+            grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
+            optimizer.apply(grads, variables)
+            return distributed.allreduce_mean_tensor(values)
+
+        return train_step

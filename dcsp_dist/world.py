@@ -1,0 +1,77 @@
+"""The job's world as the trainer sees it: who reads shared state, how the ranks agree,
+and the loop that runs a stage's steps.
+
+Two implementations behind one interface, chosen once per job (``for_job``):
+
+- ``FixedWorld`` (here): a fixed set of ranks. Rank 0 reads the run directory and
+  broadcasts; checks are collective; the steps run in one plain loop.
+- ``ElasticWorld`` (``dcsp_dist.elastic``): Horovod elastic. Every rank reads shared state
+  itself (a worker that joins later must meet no collective before the elastic state's
+  sync) and the steps run inside Horovod's reset loop.
+
+Both speak to Horovod only through ``dcsp_dist.distributed``.
+"""
+from __future__ import annotations
+
+from dcsp_dist import distributed
+
+
+class FixedWorld:
+    """A job whose ranks stay the same from start to end."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    @property
+    def context(self):
+        return self._ctx
+
+    @property
+    def reads_shared_state(self) -> bool:
+        """Whether this rank reads checkpoints and done-markers itself (else: rank 0 broadcasts)."""
+        return self.context.is_chief
+
+    def check_stages(self, stages) -> None:
+        """Every stage can run in a fixed world."""
+
+    def check_shards(self, check_mine, check_all) -> None:
+        """Every rank checks its own shards; a damaged one stops every rank."""
+        from dcsp_dist import records
+        distributed.check_on_every_rank(check_mine, records.DataError)
+
+    def check_batch(self, cfg) -> None:
+        cfg.per_rank_batch(self.context.size)
+
+    def check_config(self, digest: str) -> None:
+        distributed.check_same_everywhere(digest, "the config")
+
+    def agree(self, compute):
+        """Rank 0's ``compute()``, on every rank."""
+        return distributed.broadcast_object(compute() if self.context.is_chief else None)
+
+    def agree_failure(self, failure: str | None) -> str | None:
+        """Rank 0's failure (one line, or None), on every rank."""
+        return distributed.broadcast_object(failure)
+
+    def sync_state(self, model, optimizer) -> None:
+        """Rank 0's weights, optimizer slots and step (optimizer.iterations) to every rank."""
+        distributed.broadcast_state(model, optimizer)
+
+    def input_pipeline(self, make_dataset, cfg):
+        """``(first_step, ctx) -> iterator`` over this rank's batches. A fixed world builds
+        its dataset once, now (before the model: the seeded ops' order is part of a
+        deterministic run)."""
+        dataset = make_dataset(cfg.per_rank_batch(self._ctx.size), self._ctx, 0)
+        return lambda first, ctx: iter(dataset)
+
+    def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
+        """Steps ``start``..``steps``: ``run_steps(first, iterator, ctx, on_step)``."""
+        run_steps(start, inputs(start, self._ctx), self._ctx, None)
+
+
+def for_job(ctx):
+    """The world this process was launched into (``horovodrun --min-np/--max-np ...``: elastic)."""
+    if distributed.elastic_enabled():
+        from dcsp_dist.elastic import ElasticWorld
+        return ElasticWorld(ctx)
+    return FixedWorld(ctx)
