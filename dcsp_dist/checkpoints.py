@@ -100,23 +100,46 @@ def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
     candidate in full and says why it failed, or None (default ``problem``; a resume
     passes its restore, so that the checkpoint it resumes from is read once).
     """
-    import tensorflow as tf
     candidates = on_disk(ckpt_dir)
-    skipped = []
+    skipped = {}
     for prefix in candidates:
         why = probe(prefix)
         if why is None:
             if skipped:
-                warn(f"warning: skipped unreadable checkpoint(s) {', '.join(skipped)}; resuming from {prefix}")
-            readable = [p for p in candidates if p not in skipped]
-            tf.compat.v1.train.update_checkpoint_state(ckpt_dir, prefix,
-                                                       all_model_checkpoint_paths=list(reversed(readable)))
+                listed = ", ".join(f"{p} ({w})" for p, w in skipped.items())
+                warn(f"warning: skipped unreadable checkpoint(s) {listed}; resuming from {prefix}")
+            # Older candidates are not read here; a damaged one among them is met (and
+            # skipped) only if a later resume falls back that far.
+            write_index(ckpt_dir, prefix, [p for p in candidates if p not in skipped and int(_step(p)) <= int(_step(prefix))])
             return prefix
-        skipped.append(f"{prefix} ({why})")
+        skipped[prefix] = why
     if candidates:
-        raise CheckpointError(f"{ckpt_dir}: no readable checkpoint ({'; '.join(skipped)}); refusing to start "
+        listed = "; ".join(f"{p} ({w})" for p, w in skipped.items())
+        raise CheckpointError(f"{ckpt_dir}: no readable checkpoint ({listed}); refusing to start "
                               f"from scratch over them: move {ckpt_dir} away to retrain the stage")
     return None
+
+
+def _step(prefix: str) -> str:
+    return prefix.rsplit("-", 1)[1]
+
+
+def write_index(ckpt_dir: str, latest: str, kept: list[str]) -> None:
+    """Rewrite CheckpointManager's index so that it owns ``kept`` (newest first on input).
+
+    The manager deletes only checkpoints whose recorded timestamp is newer than the index's
+    ``last_preserved_timestamp``; an index without timestamps makes every listed checkpoint
+    "preserved" forever, and rotation stops after the first resume. Each checkpoint gets its
+    files' time, and the preserved mark lies before all of them.
+    """
+    import time
+
+    import tensorflow as tf
+    oldest_first = list(reversed(kept))
+    stamps = [min(os.path.getmtime(p + ".index"), time.time()) for p in oldest_first]
+    tf.compat.v1.train.update_checkpoint_state(
+        ckpt_dir, latest, all_model_checkpoint_paths=oldest_first,
+        all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=min(stamps, default=time.time()) - 1.0)
 
 
 def save(manager, step: int) -> str:

@@ -48,13 +48,15 @@ def make_cue_fn(stage: str, cfg, model):
     return cue_of
 
 
-def write_shard(path: str, target: str, examples, cue_of, on_label) -> None:
+def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
     """The cue shard ``target`` for the image shard ``path``, written whole or not at all
-    (``on_label(example, label)`` sees every cue). Errors are raised as OSError/OpError."""
+    (``on_label(example, label)`` sees every cue); returns its record (file, records,
+    bytes) for ``cues.json``. Errors are raised as OSError/OpError."""
     import tensorflow as tf
 
     from dcsp_dist import records
-    tmp = f"{target}.tmp-{os.getpid()}"
+    tmp = layout.temp_name(target)
+    count = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for ex in examples:
@@ -62,10 +64,12 @@ def write_shard(path: str, target: str, examples, cue_of, on_label) -> None:
                 label, png = cue_of(ex, saliency)
                 writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
                 on_label(ex, label)
-        os.replace(tmp, target)
+                count += 1
+        layout.publish(tmp, target)
     finally:
         if os.path.exists(tmp):    # nothing half-written is left behind
             os.remove(tmp)
+    return {"file": os.path.basename(target), "num_examples": count, "bytes": os.path.getsize(target)}
 
 
 def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
@@ -99,25 +103,28 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
             matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
         bar.update(1)
 
+    written = []
     for path in mine:
         target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
         examples = data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
                                                need_saliency=stage == "cues")
         try:
-            write_shard(path, target, examples, cue_of, on_label)
+            written.append(write_shard(path, target, examples, cue_of, on_label))
         except tf.errors.DataLossError as exc:
             raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
         except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
             raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
     bar.close()
-    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir)
+    shards = sorted((s for rank in distributed.allgather_object(written) for s in rank), key=lambda s: s["file"])
+    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir, shards)
 
 
-def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str) -> dict:
-    """Rank 0 writes ``cues.json`` and ``done.json`` (with the cues' mIoU against the
-    training masks, when there are masks) and prints the per-class table."""
+def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards: list) -> dict:
+    """Rank 0 writes ``cues.json`` (every cue shard's records and bytes, checked when a
+    training stage reads them; the cues' mIoU against the training masks, when there are
+    masks) and ``done.json``, and prints the per-class table."""
     from dcsp_dist import distributed, metrics
-    summary = {"stage": stage, "num_images": manifest["num_examples"]}
+    summary = {"stage": stage, "num_images": manifest["num_examples"], "shards": shards}
     if manifest.get("has_mask"):
         result = metrics.scores(matrix)
         summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())

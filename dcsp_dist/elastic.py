@@ -45,6 +45,13 @@ class ElasticWorld:
     def agree(self, compute):
         return compute()
 
+    def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
+        """Workers come and go and rank 0 may change, so an elastic job holds no lock; every
+        rank compares the settings with the run's (no collective)."""
+        from dcsp_dist import workdir as layout
+        layout.check_config_unchanged(workdir, settings, allow_changed, distributed.log)
+        return None
+
     def agree_failure(self, failure: str | None) -> str | None:
         return failure
 

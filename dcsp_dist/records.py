@@ -160,6 +160,50 @@ def files_for_rank(files: list[str], rank: int, size: int, what: str = "records"
     return files[rank::size]
 
 
+def check_balance(directory: str, manifest: dict, size: int, log) -> None:
+    """Before any step: an empty shard, or a rank whose shards hold no records (it would
+    wait forever for a batch while the others wait for it), is an error; uneven records
+    per rank (those ranks see their images more often) are reported with the
+    ``--num-shards`` that would even them."""
+    files = shard_files(directory, manifest)
+    by_path = _shards_by_path(directory, manifest)
+    empty = [f for f in files if not by_path[f]["num_examples"]]
+    if empty:
+        raise DataError(f"{', '.join(empty)}: empty shard(s) in {manifest_path(directory, manifest['split'])}; "
+                        f"rebuild the split with fewer --num-shards")
+    per_rank = [sum(by_path[f]["num_examples"] for f in files[r::size]) for r in range(size)]
+    if size > 1 and max(per_rank) > min(per_rank):
+        even = size * max(1, round(len(files) / size))
+        log(f"warning: uneven records per rank over {size} ranks: min {min(per_rank)}, max {max(per_rank)} "
+            f"({len(files)} shards of {min(by_path[f]['num_examples'] for f in files)}-"
+            f"{max(by_path[f]['num_examples'] for f in files)} records); a rank with fewer sees its images more "
+            f"often. Rebuild with --num-shards {even} (a multiple of {size}) to even them")
+
+
+def check_cue_shards(cue_dir: str, files: list[str], stage: str) -> None:
+    """This rank's cue shards against the cue stage's record of them (``cues.json``):
+    each exists with the size and count written. A damaged one is named as a cue shard."""
+    import json
+    summary_path = os.path.join(cue_dir, "cues.json")
+    try:
+        with open(summary_path) as fh:
+            recorded = {s["file"]: s for s in json.load(fh).get("shards", [])}
+    except (OSError, ValueError):
+        return   # checked by the stage's done-marker; runs written before the record have none
+    fix = f"rerun --stage {stage} (delete {os.path.join(cue_dir, 'done.json')} first)"
+    for path in files:
+        name = os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord"
+        entry, cue_path = recorded.get(name), os.path.join(cue_dir, name)
+        if entry is None:
+            continue
+        if not os.path.isfile(cue_path):
+            raise DataError(f"cue shard {cue_path} is missing; {fix}")
+        size = os.path.getsize(cue_path)
+        if size != entry["bytes"]:
+            raise DataError(f"cue shard {cue_path} is {size} bytes, the cue stage wrote {entry['bytes']} "
+                            f"(truncated or replaced); {fix}")
+
+
 def _shards_by_path(directory: str, manifest: dict) -> dict:
     """Shard path (as ``shard_files`` gives it) -> its manifest entry."""
     return dict(zip(shard_files(directory, manifest), manifest["shards"]))
@@ -194,12 +238,17 @@ def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = 
                 raise DataError(f"{path} holds {count} records, the manifest says {shard['num_examples']}; {fix}")
 
 
-def damaged_shard_message(directory: str, manifest: dict, files: list[str], error) -> str:
-    """One line for a DataLossError met while reading ``files``: which of them no longer
-    matches the manifest (by sha256), what TensorFlow said, and what to run."""
+def damaged_shard_message(directory: str, manifest: dict, files: list[str], error, cue_dir: str | None = None) -> str:
+    """One line for a DataLossError met while reading ``files`` (and their cue shards in
+    ``cue_dir``): which of them no longer matches the manifest (by sha256), what
+    TensorFlow said, and what to run."""
     by_path = _shards_by_path(directory, manifest)
     culprits = [f for f in files if os.path.isfile(f) and sha256_file(f) != by_path[f]["sha256"]]
     where = ", ".join(culprits) if culprits else f"one of {', '.join(files)}"
     first = (str(getattr(error, "message", error)).strip().splitlines() or ["data loss"])[0][:160]
-    return (f"damaged records in {where} ({first}); run python -m data_tools.verify {directory} "
-            f"and rebuild the split")
+    if culprits or not cue_dir:
+        return (f"damaged records in {where} ({first}); run python -m data_tools.verify {directory} "
+                f"and rebuild the split")
+    cues = [os.path.join(cue_dir, os.path.basename(f)[: -len(".tfrecord")] + ".cues.tfrecord") for f in files]
+    return (f"damaged records in one of the cue shards {', '.join(cues)} ({first}): the image shards match "
+            f"their manifest; rerun --stage {os.path.basename(os.path.normpath(cue_dir))}")

@@ -36,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--verify-data", action="store_true",
                         help="before training, check every shard's sha256 and record count (default: "
                              "existence and size, which is free)")
+    parser.add_argument("--allow-changed-config", action="store_true",
+                        help="resume a run with settings that differ from its saved config.json (the "
+                             "differences are recorded in <workdir>/config_changes.json)")
     return parser.parse_args(argv)
 
 
@@ -51,28 +54,50 @@ class StepLoop:
     """The shared loop of fixed and elastic jobs: ``loop(first, iterator, ctx, on_step)``
     runs steps ``first``..``steps`` with reporting and periodic checkpoints."""
 
-    def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs):
-        self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs = \
-            stage, cfg, trainer, ckpts, reporter, inputs
+    def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None):
+        self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
+            stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
         self.model, self.optimizer = trainer.model, trainer.optimizer
 
     def __call__(self, first: int, iterator, ctx, on_step=None) -> None:
-        import numpy as np
         self.reporter.begin(first)
         for step in range(first, self.trainer.steps):
             batch = self._next(iterator, ctx)
             step_start = time.time()
             values = self.trainer.step(batch).numpy()
-            if not np.isfinite(values).all():
-                raise FloatingPointError(
-                    f"[{self.stage}] non-finite loss {values[0]} at step {step + 1}; stopped. The last good "
-                    f"checkpoint is kept: {self.ckpts.latest or 'none yet'}")
             done = step + 1
+            self._check_finite(values, done)
             self.reporter.step_done(done, values, batch, ctx.is_chief, step_start)
-            if ctx.is_chief and (done % self.cfg.checkpoint_every == 0 or done == self.trainer.steps):
-                self.ckpts.save(done)
+            if done % self.cfg.checkpoint_every == 0 or done == self.trainer.steps:
+                self._check_state(done)    # every rank: they hold the same weights
+                if ctx.is_chief:
+                    self.ckpts.save(done)
             if on_step:
                 on_step(done)
+
+    def _stopped(self, what: str, done: int) -> FloatingPointError:
+        return FloatingPointError(f"[{self.stage}] {what} at step {done}; stopped. The last good checkpoint "
+                                  f"is kept: {self.ckpts.latest or 'none yet'}")
+
+    def _check_finite(self, values, done: int) -> None:
+        """The step's rank-averaged losses and its gradients' flag (the same on every rank)."""
+        import numpy as np
+
+        from dcsp_dist import distributed
+        if not np.isfinite(values[:4]).all():
+            raise self._stopped(f"non-finite loss {values[0]}", done)
+        if values[4] < 1:
+            if self.cfg.mixed_precision != "float16":
+                raise self._stopped("non-finite gradients (loss finite)", done)
+            distributed.log(f"[{self.stage}] step {done}: float16 gradients overflowed; step skipped")
+
+    def _check_state(self, done: int) -> None:
+        """No checkpoint holds a non-finite weight or momentum (finite gradients can still
+        overflow the weights). One pass over the state, at checkpoint steps only."""
+        import numpy as np
+        for v in list(self.model.variables) + list(self.optimizer.variables):
+            if not np.isfinite(np.asarray(v)).all():
+                raise self._stopped(f"non-finite values in {v.path}", done)
 
     def _next(self, iterator, ctx):
         import tensorflow as tf
@@ -83,14 +108,14 @@ class StepLoop:
         except tf.errors.DataLossError as exc:
             shards = records.files_for_rank(self.inputs.shards, ctx.rank, ctx.size)
             raise records.DataError(records.damaged_shard_message(
-                self.inputs.data_dir, self.inputs.manifest, shards, exc)) from None
+                self.inputs.data_dir, self.inputs.manifest, shards, exc, self.cue_dir)) from None
 
 
 def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     """Run (or resume) one training stage; returns its StageTrainer."""
     import keras
 
-    from dcsp_dist import checkpoints, data, distributed
+    from dcsp_dist import checkpoints, data, distributed, records
     from dcsp_dist.reporting import Reporter
     from dcsp_dist.trainer import StageTrainer
 
@@ -102,6 +127,10 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
         os.makedirs(directory, exist_ok=True)
         layout.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
     cue_dir = layout.stage_dir(workdir, spec.cues) if spec.cues else None
+    if cue_dir:
+        mine = records.files_for_rank(inputs.shards, world.context.rank, world.context.size)
+        world.check_shards(lambda: records.check_cue_shards(cue_dir, mine, spec.cues),
+                           lambda: records.check_cue_shards(cue_dir, inputs.shards, spec.cues))
     batches = world.input_pipeline(lambda per, c, first: data.make_train_dataset(
         inputs.data_dir, cfg, per, c.rank, c.size, cue_dir=cue_dir, start_step=first), cfg)
 
@@ -118,7 +147,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
         distributed.log(f"[{stage}] already at step {start}/{trainer.steps}")
 
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
-    loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs)
+    loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir)
     world.train(start, trainer.steps, batches, loop, cfg.elastic_commit_every)
     _finish(stage, trainer, ckpts, reporter, world.context, start, workdir)
     return trainer
@@ -160,7 +189,7 @@ def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str)
 def check_inputs(stages, cfg, world, data_dir: str, verify_data: bool = False) -> TrainInputs:
     """Fail before any work on missing or inconsistent records (one clear line); returns
     the training split as checked."""
-    from dcsp_dist import records
+    from dcsp_dist import distributed, records
     ctx = world.context
     manifest = records.read_manifest(data_dir, cfg.train_split)
     shards = records.shard_files(data_dir, manifest)
@@ -174,6 +203,7 @@ def check_inputs(stages, cfg, world, data_dir: str, verify_data: bool = False) -
         raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: not a training split "
                                 f"(role {manifest.get('role')}, {manifest['num_examples']} examples)")
     world.check_batch(cfg)
+    records.check_balance(data_dir, manifest, ctx.size, distributed.log)
     return TrainInputs(data_dir, manifest, shards)
 
 
@@ -201,10 +231,9 @@ def resolve_classes(cfg, data_dir: str, explicit: bool):
     return cfg.with_classes(manifest["class_names"], explicit)
 
 
-def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = False) -> None:
-    from dcsp_dist import distributed
+def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = False,
+        allow_changed_config: bool = False) -> None:
     from dcsp_dist import world as worlds
-    from dcsp_dist.cue_writer import cue_stage
 
     world = worlds.for_job(ctx)
     stages = stage_table.SCHEDULE if stage == "all" else (stage,)
@@ -212,6 +241,17 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
     layout.check_writable_dir(workdir, "--workdir")
     inputs = check_inputs(stages, cfg, world, data_dir, verify_data)
     world.check_config(cfg.digest())
+    lock = world.hold_run(workdir, json.loads(cfg.to_json()), allow_changed_config)
+    try:
+        _run_stages(stages, cfg, world, inputs, workdir)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
+    from dcsp_dist import distributed
+    from dcsp_dist.cue_writer import cue_stage
     for name in stages:
         # Rank 0 owns the run directory; every rank follows its view of what is done.
         if world.agree(lambda name=name: _is_done(workdir, name)):
@@ -219,7 +259,7 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
         elif stage_table.get(name).trains:
             train_stage(name, cfg, world, inputs, workdir)
         else:
-            cue_stage(name, cfg, world.context, data_dir, workdir)
+            cue_stage(name, cfg, world.context, inputs.data_dir, workdir)
 
 
 def main(argv=None) -> int:
@@ -240,7 +280,7 @@ def main(argv=None) -> int:
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
     return distributed.run_or_report(
-        lambda: run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data),
+        lambda: run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config),
         (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
 
 

@@ -89,14 +89,36 @@ class StageTrainer:
                 grads = tape.gradient(scaled_total, distributed.raw_variables(variables))
             return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
 
+        tensors = ("image", "valid", "tags") + (("cue",) if use_segmentation else ())
+        skip_overflow = cfg.mixed_precision == "float16"
+
         @tf.function
         def train_step(batch):
-            """One SGD step; returns rank-averaged [total, cls, seg, l2] (same on every rank,
-            so a non-finite loss anywhere stops every rank)."""
-            values, grads = local_step(batch)
+            """One SGD step; returns rank-averaged [total, cls, seg, l2, gradients finite]
+            (the same on every rank, so a non-finite value anywhere stops every rank).
+
+            With float16, a step whose gradients overflow is skipped (weights and momentum
+            untouched, the step counter moves on), as Keras' LossScaleOptimizer does; in
+            float32 the loop stops at it before any checkpoint holds its weights.
+            """
+            # Only the tensors the step uses enter the (XLA-compilable) local step: the
+            # batch's string ids have no XLA kernel.
+            values, grads = local_step({k: batch[k] for k in tensors})
             grads = distributed.average_gradients(grads, cfg.gradient_compression)   # Horovod allreduce, outside XLA
             grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
-            optimizer.apply(grads, variables)
+            finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+            if skip_overflow:
+                def apply():
+                    optimizer.apply(grads, variables)
+                    return tf.constant(True)
+
+                def skip():
+                    optimizer.iterations.assign_add(1)
+                    return tf.constant(False)
+                tf.cond(finite, apply, skip)
+            else:
+                optimizer.apply(grads, variables)
+            values = tf.concat([values, tf.cast(finite, tf.float32)[None]], 0)
             return distributed.allreduce_mean_tensor(values)
 
         return train_step

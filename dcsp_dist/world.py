@@ -14,6 +14,7 @@ Both speak to Horovod only through ``dcsp_dist.distributed``.
 from __future__ import annotations
 
 from dcsp_dist import distributed
+from dcsp_dist import workdir as layout
 
 
 class FixedWorld:
@@ -46,8 +47,35 @@ class FixedWorld:
         distributed.check_same_everywhere(digest, "the config")
 
     def agree(self, compute):
-        """Rank 0's ``compute()``, on every rank."""
-        return distributed.broadcast_object(compute() if self.context.is_chief else None)
+        """Rank 0's ``compute()``, on every rank; a ValueError it raises is raised on every
+        rank (one line each), not only on rank 0 while the others wait."""
+        value, failure = None, None
+        if self.context.is_chief:
+            try:
+                value = compute()
+            except ValueError as exc:
+                failure = str(exc)
+        value, failure = distributed.broadcast_object((value, failure))
+        if failure:
+            raise ValueError(failure)
+        return value
+
+    def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
+        """Rank 0 takes the run directory's lock and compares the settings with the run's
+        (``workdir.RunLock``, ``workdir.check_config_unchanged``); a refusal is every rank's.
+        Returns the lock (release it at the end) or None on other ranks."""
+        lock = layout.RunLock(workdir) if self.context.is_chief else None
+        warn = distributed.log
+
+        def take():
+            lock.acquire(warn)
+            try:
+                layout.check_config_unchanged(workdir, settings, allow_changed, warn)
+            except ValueError:
+                lock.release()
+                raise
+        self.agree(take)
+        return lock
 
     def agree_failure(self, failure: str | None) -> str | None:
         """Rank 0's failure (one line, or None), on every rank."""
