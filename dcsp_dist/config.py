@@ -92,6 +92,8 @@ class Config:
     # --- distribution ---
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
+    require_gpu: bool = False             # refuse to start on a rank that sees no GPU (also implied by GPU=1 set-up
+                                          # or CUDA_VISIBLE_DEVICES; see distributed.expects_gpu)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 20

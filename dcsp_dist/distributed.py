@@ -98,6 +98,52 @@ def init(intra_threads: int | None = None, inter_threads: int | None = None,
     return ctx
 
 
+def device_line(ctx: Context) -> str:
+    """This rank's devices, e.g. ``rank 3 on node7: GPU:0 NVIDIA H100 80GB`` or ``CPU only``."""
+    gpus = tf.config.get_visible_devices("GPU")
+    names = []
+    for gpu in gpus:
+        try:
+            detail = tf.config.experimental.get_device_details(gpu).get("device_name", "")
+        except (ValueError, RuntimeError):
+            detail = ""
+        names.append(f"{gpu.name.replace('/physical_device:', '')} {detail}".strip())
+    return f"rank {ctx.rank} on {socket.gethostname()}: {', '.join(names) if names else 'CPU only'}"
+
+
+def expects_gpu(require_gpu: bool) -> str | None:
+    """Why this job expects GPUs (None: it does not): the ``require_gpu`` setting, a set-up
+    made with ``GPU=1`` (its stamp in the environment), or ``CUDA_VISIBLE_DEVICES`` naming
+    devices."""
+    import glob
+    if require_gpu:
+        return "require_gpu=true"
+    if glob.glob(os.path.join(sys.prefix, ".setup-*-gpu1")):
+        return f"the environment {sys.prefix} was set up with GPU=1"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible != "-1":
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def report_devices(ctx: Context, require_gpu: bool) -> None:
+    """Rank 0 prints every rank's devices in one write; a rank that expects GPUs and sees
+    none stops every rank with one line saying why (a node whose CUDA libraries are broken
+    would otherwise train on its CPU, 100x slower)."""
+    if elastic_enabled():   # no collective before the elastic state's sync: each rank for itself
+        print(device_line(ctx), flush=True)
+    else:
+        log("\n".join(allgather_object(device_line(ctx))))
+
+    def check():
+        why = expects_gpu(require_gpu)
+        if why and not tf.config.get_visible_devices("GPU"):
+            raise RuntimeError(f"{why}, but TensorFlow sees no GPU on {socket.gethostname()} (rank {ctx.rank}); "
+                               f"check the driver and CUDA libraries (TensorFlow's own log says which failed to "
+                               f"load; run with DCSP_TF_LOGS=1), or unset what asks for GPUs")
+    check() if elastic_enabled() else check_on_every_rank(check, RuntimeError)
+
+
 def _read_context() -> Context:
     return Context(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
 

@@ -262,6 +262,12 @@ def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
             cue_stage(name, cfg, world.context, inputs.data_dir, workdir)
 
 
+def _start(args, cfg, ctx) -> None:
+    from dcsp_dist import distributed
+    distributed.report_devices(ctx, cfg.require_gpu)
+    run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -280,8 +286,7 @@ def main(argv=None) -> int:
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.global_batch}")
     return distributed.run_or_report(
-        lambda: run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config),
-        (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
+        lambda: _start(args, cfg, ctx), (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -105,8 +105,10 @@ class StageTrainer:
             # batch's string ids have no XLA kernel.
             values, grads = local_step({k: batch[k] for k in tensors})
             grads = distributed.average_gradients(grads, cfg.gradient_compression)   # Horovod allreduce, outside XLA
-            grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
+            # The flag reads the averaged (loss-scaled) gradients before the multipliers: with a
+            # second reader after them, grappler rewrites the update and changes its rounding.
             finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+            grads = [g * (m / loss_scale) for g, m in zip(grads, multipliers)]
             if skip_overflow:
                 def apply():
                     optimizer.apply(grads, variables)

@@ -274,10 +274,10 @@ def config_differences(workdir: str, settings: dict) -> list[str]:
         if not os.path.isfile(path) or os.path.islink(stage_dir(workdir, stage)):
             continue
         saved = read_json(path, "saved config")
-        for key in sorted(set(saved) | set(settings)):
-            if key in BOOKKEEPING or saved.get(key) == settings.get(key):
+        for key in sorted(set(saved) & set(settings)):   # a setting added since keeps its default
+            if key in BOOKKEEPING or saved[key] == settings[key]:
                 continue
-            line = f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}"
+            line = f"{key}: {saved[key]!r} -> {settings[key]!r}"
             if line not in diffs:
                 diffs.append(line)
     return diffs
