@@ -62,7 +62,6 @@ def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
 
 def evaluate(args, ctx) -> dict | None:
     import numpy as np
-    import tensorflow as tf
 
     from dcsp_dist import distributed, metrics
     from dcsp_dist import workdir as layout
@@ -101,7 +100,26 @@ def evaluate(args, ctx) -> dict | None:
     distributed.log(metrics.format_table(result, names, title))
     if crf is not None:
         distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
-    os.makedirs(out, exist_ok=True)
+    staging = layout.staging_dir(out)   # the whole result, then renamed to ``out``
+    try:
+        summary = _write_results(args, ctx, job, staging, matrix, network_matrix, images, seconds)
+        layout.publish_dir(staging, out)
+    except BaseException:
+        layout.discard_dir(staging)
+        raise
+    distributed.log(f"wrote {out}/results.json, confusion.png and TensorBoard scalars")
+    return summary
+
+
+def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int, seconds: float) -> dict:
+    """results.json, confusion.png and TensorBoard scalars into ``out`` (rank 0)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dcsp_dist import metrics
+    from dcsp_dist import workdir as layout
+    result, network = metrics.scores(matrix), metrics.scores(network_matrix)
+    names, crf, scales, prefix = job.manifest["class_names"], job.crf, job.scales, job.checkpoint
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
                "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales),
                "window": job.cfg.inference_window, "miou": result["miou"],
@@ -121,7 +139,7 @@ def evaluate(args, ctx) -> dict | None:
             if not np.isnan(v):
                 tf.summary.scalar(f"{args.split}/iou/{n}", v)
     writer.flush()
-    distributed.log(f"wrote {out}/results.json, confusion.png and TensorBoard scalars")
+    writer.close()
     return summary
 
 

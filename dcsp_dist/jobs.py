@@ -43,7 +43,7 @@ def parse_scales(text: str | None, default) -> tuple:
 class Job:
     """What one rank needs to run inference over its shards, checked before any work."""
 
-    def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None):
+    def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None, marker: str = "results.json"):
         import dataclasses
         import os
 
@@ -51,8 +51,9 @@ class Job:
         from dcsp_dist.crf import CRFParams
 
         if out_dir is not None:   # before hours of inference, not after
-            from dcsp_dist.workdir import check_writable_dir
+            from dcsp_dist.workdir import check_replaceable, check_writable_dir
             check_writable_dir(out_dir, "--out")
+            check_replaceable(out_dir, marker)
         if args.crf_workers is not None and args.crf_workers < 0:
             raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
         self.data_dir = args.data

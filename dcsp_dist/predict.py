@@ -18,6 +18,7 @@ import tarfile
 from dcsp_dist.jobs import Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
+MARKER = "predict.json"   # what this run predicted; --out without it is not ours to replace
 
 
 def parse_args(argv=None):
@@ -55,12 +56,51 @@ def save_overlay(image, label, path: str) -> None:
 
 
 def predict(args, ctx) -> int:
+    """Every rank writes its masks into one fresh directory beside ``--out`` (rank 0 names
+    it); when all are done, rank 0 packs exactly those masks and renames the directory to
+    ``--out``. A failed run leaves ``--out`` as it was and nothing half-written."""
+    from dcsp_dist import distributed
+    from dcsp_dist import workdir as layout
+
+    job = Job(args, ctx, need_mask=False, out_dir=args.out, marker=MARKER)   # every check first
+    staging = distributed.broadcast_object(layout.staging_dir(args.out) if ctx.is_chief else None)
+    try:
+        total = _write_masks(args, ctx, job, staging)
+        if ctx.is_chief:
+            _finish(args, staging, total)
+    except BaseException:
+        if ctx.is_chief:
+            layout.discard_dir(staging)
+        raise
+    return total
+
+
+def _finish(args, staging: str, total: int) -> None:
+    from dcsp_dist import distributed
+    from dcsp_dist import workdir as layout
+    masks = os.path.join(args.out, SUBMISSION_DIR)
+    written = len(os.listdir(os.path.join(staging, SUBMISSION_DIR))) if total else 0
+    if written != total:
+        raise OSError(f"{staging}: {written} masks on disk, the ranks wrote {total} (is --out on storage every "
+                      f"rank shares?)")
+    if not args.no_tar:
+        archive = os.path.join(staging, "results.tar.gz")
+        with tarfile.open(archive + ".tmp", "w:gz") as tar:
+            tar.add(os.path.join(staging, "results"), arcname="results")
+        layout.publish(archive + ".tmp", archive)
+    layout.write_json(os.path.join(staging, MARKER), {"split": args.split, "checkpoint": args.checkpoint,
+                                                        "num_images": total})
+    layout.publish_dir(staging, args.out)
+    tar_note = "" if args.no_tar else f" and {os.path.join(args.out, 'results.tar.gz')}"
+    distributed.log(f"wrote {total} masks under {masks}{tar_note}")
+
+
+def _write_masks(args, ctx, job, out: str) -> int:
+    """This rank's masks (and overlays) under ``out``; returns the count over all ranks."""
     from dcsp_dist import distributed
     from dcsp_dist.progress import progress
-
-    job = Job(args, ctx, need_mask=False, out_dir=args.out)   # every check happens here, before any work
-    masks_dir = os.path.join(args.out, SUBMISSION_DIR)
-    overlay_dir = os.path.join(args.out, "overlays")
+    masks_dir = os.path.join(out, SUBMISSION_DIR)
+    overlay_dir = os.path.join(out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)
     if args.overlays:
         os.makedirs(overlay_dir, exist_ok=True)
@@ -75,17 +115,7 @@ def predict(args, ctx) -> int:
         bar.update(1)
     bar.close()
     import numpy as np
-    total = int(distributed.allreduce_sum(np.array([count], np.int64))[0])  # also waits for every rank
-    if ctx.is_chief:
-        if not args.no_tar:
-            archive = os.path.join(args.out, "results.tar.gz")
-            with tarfile.open(archive + ".tmp", "w:gz") as tar:
-                tar.add(os.path.join(args.out, "results"), arcname="results")
-            os.replace(archive + ".tmp", archive)
-            distributed.log(f"wrote {total} masks under {masks_dir} and {archive}")
-        else:
-            distributed.log(f"wrote {total} masks under {masks_dir}")
-    return total
+    return int(distributed.allreduce_sum(np.array([count], np.int64))[0])  # also waits for every rank
 
 
 def main(argv=None) -> int:

@@ -299,3 +299,41 @@ def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print
     history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": diffs})
     write_json(log_path, history)
     warn(f"warning: settings differ from the run's ({'; '.join(diffs)}); recorded in {log_path}")
+
+
+# ----------------------------------------------------------------------------- output directories
+def check_replaceable(out: str, marker: str, flag: str = "--out") -> None:
+    """``out`` will be replaced as a whole when the job completes: refuse (one line) a
+    non-empty directory that this kind of job did not write (it has no ``marker``)."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, marker)):
+        raise ValueError(f"{flag} {out} holds files this job did not write (no {marker}); it would be replaced "
+                         f"as a whole: give a new or empty directory")
+
+
+def staging_dir(out: str) -> str:
+    """A fresh directory beside ``out`` for this job's outputs (renamed to ``out`` when complete)."""
+    path = temp_name(os.path.abspath(out).rstrip(os.sep)) + ".partial"
+    os.makedirs(path)
+    return path
+
+
+def publish_dir(staging: str, out: str) -> None:
+    """Replace ``out`` by the completed ``staging`` directory: the old one is renamed aside,
+    the new one into place, then the old one is removed. Nothing of an earlier run stays."""
+    import shutil
+    out = os.path.abspath(out).rstrip(os.sep)
+    fsync_dir(staging)
+    old = None
+    if os.path.exists(out):
+        old = temp_name(out) + ".old"
+        os.replace(out, old)
+    os.replace(staging, out)
+    fsync_dir(os.path.dirname(out))
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard_dir(staging: str | None) -> None:
+    import shutil
+    if staging and os.path.isdir(staging):
+        shutil.rmtree(staging, ignore_errors=True)

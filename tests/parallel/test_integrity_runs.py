@@ -183,3 +183,36 @@ def test_device_line_and_require_gpu_refusal(synth_records, tmp_path):
     proc = run_ranks(1, *TRAIN, "--stage", "attention", "--data", str(synth_records), "--workdir",
                      str(tmp_path / "cvd"), check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert proc.returncode == 1 and "CUDA_VISIBLE_DEVICES=0, but TensorFlow sees no GPU" in proc.stderr
+
+
+def _predict(tiny_run, records, out, split, check=True):
+    return run_ranks(2, "-m", "dcsp_dist.predict", "--checkpoint", str(tiny_run[0]), "--data", str(records),
+                     "--split", split, "--out", str(out), "--no-crf", check=check)
+
+
+def test_predict_twice_into_one_out_holds_only_the_second_split(tiny_run, synth_records, synth_voc, tmp_path):
+    import tarfile
+    out = tmp_path / "sub"
+    _predict(tiny_run, synth_records, out, "train")
+    (out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls" / "orphan.tmp.png").write_bytes(b"x")
+    _predict(tiny_run, synth_records, out, "val")
+    val_ids = set((synth_voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split())
+    masks = sorted(p.name for p in (out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls").iterdir())
+    manifest = json.load(open(synth_records / "val.manifest.json"))
+    assert len(masks) == manifest["num_examples"] == 7 and all(m.endswith(".png") for m in masks)
+    assert {m[:-4] for m in masks} == val_ids
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = sorted(os.path.basename(n) for n in tar.getnames() if n.endswith(".png"))
+    assert names == masks
+    assert json.load(open(out / "predict.json"))["split"] == "val"
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name or ".old" in p.name]
+
+
+def test_predict_refuses_a_directory_it_did_not_write(tiny_run, synth_records, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    proc = _predict(tiny_run, synth_records, out, "val", check=False)
+    errors = _errors(proc)
+    assert proc.returncode == 1 and len(errors) == 2 and all("did not write" in e for e in errors), errors
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(os.listdir(out)) == ["notes.txt"]
