@@ -64,8 +64,8 @@ class StageTrainer:
 
         from dcsp_dist import data, distributed, losses
 
-        cfg, model, optimizer = self.cfg, self.model, self.optimizer
-        variables, multipliers, kernels = self.variables, self.multipliers, self.kernels
+        cfg, model = self.cfg, self.model
+        variables, kernels = self.variables, self.kernels
         use_segmentation, split = self.use_segmentation, self.split_objective
         shared, head = variables[:self.num_shared] if split else None, variables[self.num_shared:] if split else None
         loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
@@ -89,7 +89,17 @@ class StageTrainer:
                 grads = tape.gradient(scaled_total, distributed.raw_variables(variables))
             return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
 
-        tensors = ("image", "valid", "tags") + (("cue",) if use_segmentation else ())
+        return self._make_train_step(local_step, loss_scale)
+
+    def _make_train_step(self, local_step, loss_scale: float):
+        """The SGD step around ``local_step``: Horovod's gradient allreduce, multipliers,
+        the overflow flag and the update."""
+        import tensorflow as tf
+
+        from dcsp_dist import distributed
+
+        cfg, optimizer, variables, multipliers = self.cfg, self.optimizer, self.variables, self.multipliers
+        tensors = ("image", "valid", "tags") + (("cue",) if self.use_segmentation else ())
         skip_overflow = cfg.mixed_precision == "float16"
 
         @tf.function
