@@ -92,6 +92,7 @@ class Config:
     # --- distribution ---
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
+    preempt_signals: str = "TERM,INT,USR1"   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
     require_gpu: bool = False             # refuse to start on a rank that sees no GPU (also implied by GPU=1 set-up
                                           # or CUDA_VISIBLE_DEVICES; see distributed.expects_gpu)
     checkpoint_every: int = 1000
@@ -138,6 +139,8 @@ class Config:
         if self.normalization == "group_norm" and self.init_weights == "imagenet":
             raise ValueError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
                              "norm statistics); use init_weights=none or frozen_batch_norm")
+        from dcsp_dist.preemption import parse_signals
+        parse_signals(self.preempt_signals)
         if self.segmentation_objective not in OBJECTIVES:
             raise ValueError(f"segmentation_objective must be one of {', '.join(OBJECTIVES)}, "
                              f"not {self.segmentation_objective!r}")

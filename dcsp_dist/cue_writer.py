@@ -48,18 +48,25 @@ def make_cue_fn(stage: str, cfg, model):
     return cue_of
 
 
+class _Stopped(Exception):
+    """A signal arrived: the shard in progress is discarded."""
+
+
 def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
     """The cue shard ``target`` for the image shard ``path``, written whole or not at all
     (``on_label(example, label)`` sees every cue); returns its record (file, records,
-    bytes) for ``cues.json``. Errors are raised as OSError/OpError."""
+    bytes) for ``cues.json``. Errors are raised as OSError/OpError; a signal between two
+    images discards the shard (``_Stopped``)."""
     import tensorflow as tf
 
-    from dcsp_dist import records
+    from dcsp_dist import preemption, records
     tmp = layout.temp_name(target)
     count = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for ex in examples:
+                if preemption.requested():
+                    raise _Stopped()
                 saliency = ex["saliency"] if "saliency" in ex else tf.zeros(tf.shape(ex["image"])[:2], tf.uint8)
                 label, png = cue_of(ex, saliency)
                 writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
@@ -72,12 +79,27 @@ def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
     return {"file": os.path.basename(target), "num_examples": count, "bytes": os.path.getsize(target)}
 
 
-def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
-    """Write this rank's cue shards; returns the summary (with the cues' mIoU when the split has masks)."""
-    import numpy as np
-    import tensorflow as tf
+def _finished(target: str, expected: int, made_by: str):
+    """The record of a cue shard finished earlier by the same model and settings (its
+    sidecar ``<shard>.json`` matches the file), or None: a resumed stage redoes only the rest."""
+    side = target + ".json"
+    if not (os.path.isfile(target) and os.path.isfile(side)):
+        return None
+    try:
+        record = layout.read_json(side, "cue shard record")
+    except ValueError:
+        return None
+    ok = (record.get("made_by") == made_by and record.get("num_examples") == expected
+          and record.get("bytes") == os.path.getsize(target))
+    return record if ok else None
 
-    from dcsp_dist import checkpoints, data, distributed, metrics, records
+
+def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
+    """Write this rank's cue shards, skipping those already finished by the same model;
+    returns the summary (with the cues' mIoU when the split has masks)."""
+    import numpy as np
+
+    from dcsp_dist import checkpoints, distributed, preemption, records
     from dcsp_dist.progress import progress
     from dcsp_dist.trainer import build_model
 
@@ -93,30 +115,58 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
                               f"the {spec.source} stage's checkpoint")
     distributed.broadcast_state(model)
     cue_of = make_cue_fn(stage, cfg, model)
+    made_by = f"{layout.read_done(workdir, spec.source).get('weights_sha256')}/{cfg.digest()}"
 
+    counts = {os.path.join(data_dir, s["file"]): s["num_examples"] for s in manifest["shards"]}
+    bar = progress(sum(counts[p] for p in mine), f"[{stage}] rank 0", enabled=ctx.is_chief)
     matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
-    total = sum(s["num_examples"] for s in manifest["shards"] if os.path.join(data_dir, s["file"]) in mine)
-    bar = progress(total, f"[{stage}] rank 0", enabled=ctx.is_chief)
+    written, stopped = [], False
+    for path in mine:
+        target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
+        record = _finished(target, counts[path], made_by)
+        if record is None:
+            try:
+                record = _write_one(stage, cfg, data_dir, manifest, path, target, cue_of, bar, made_by)
+            except _Stopped:
+                stopped = True
+                break
+        else:
+            bar.update(record["num_examples"])
+        matrix += np.asarray(record.get("confusion", 0), np.int64)
+        written.append({k: record[k] for k in ("file", "num_examples", "bytes")})
+    bar.close()
+    gathered = distributed.allgather_object((written, stopped))   # every rank learns if any was signalled
+    if any(s for _, s in gathered):
+        raise preemption.Preempted(f"[{stage}] preempted ({preemption.signal_name() or 'another rank was signalled'}); "
+                                   f"finished cue shards are kept; relaunch the same command to write the rest")
+    shards = sorted((s for rank, _ in gathered for s in rank), key=lambda s: s["file"])
+    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir, shards)
+
+
+def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target: str, cue_of, bar,
+               made_by: str) -> dict:
+    """One cue shard and its sidecar record (with its confusion matrix when there are masks)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dcsp_dist import data, metrics, records
+    shard_matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
 
     def on_label(ex, label):
         if manifest.get("has_mask"):
-            matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
+            shard_matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
         bar.update(1)
 
-    written = []
-    for path in mine:
-        target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
-        examples = data.make_inference_dataset(data_dir, cfg.train_split, files=[path],
-                                               need_saliency=stage == "cues")
-        try:
-            written.append(write_shard(path, target, examples, cue_of, on_label))
-        except tf.errors.DataLossError as exc:
-            raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
-        except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
-            raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    bar.close()
-    shards = sorted((s for rank in distributed.allgather_object(written) for s in rank), key=lambda s: s["file"])
-    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir, shards)
+    examples = data.make_inference_dataset(data_dir, cfg.train_split, files=[path], need_saliency=stage == "cues")
+    try:
+        record = write_shard(path, target, examples, cue_of, on_label)
+    except tf.errors.DataLossError as exc:
+        raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
+    except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
+        raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+    record.update(made_by=made_by, confusion=shard_matrix.tolist())
+    layout.write_json(target + ".json", record)
+    return record
 
 
 def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards: list) -> dict:

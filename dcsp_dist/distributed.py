@@ -282,9 +282,14 @@ def peer_failed(exc: BaseException) -> bool:
 def run_or_report(job, expected: tuple) -> int:
     """Run ``job()``; exit status 0, or 1 after one line on stderr for an ``expected`` error
     (bad input, damaged files, a full disk) or for the error a rank gets in a collective
-    once another rank has failed (that rank's own line says why)."""
+    once another rank has failed (that rank's own line says why), or
+    ``preemption.EXIT_PREEMPTED`` after a signal stopped the job resumably."""
+    from dcsp_dist import preemption
     try:
         job()
+    except preemption.Preempted as exc:
+        log(str(exc))
+        return preemption.EXIT_PREEMPTED
     except expected as exc:
         error(str(exc))
         return 1

@@ -88,7 +88,7 @@ def evaluate(args, ctx) -> dict | None:
     bar.close()
     seconds = time.time() - start
     matrix, network_matrix = distributed.allreduce_sum(matrices)
-    images = int(distributed.allreduce_sum(np.array([count], np.int64))[0])
+    images = job.count_and_agree(count)
     if not ctx.is_chief:
         return None
 

@@ -76,6 +76,7 @@ class Job:
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
+        self.stopped = False
         self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 
     def results(self):
@@ -83,17 +84,35 @@ class Job:
         overlap. Damaged records end as one DataError naming the shard."""
         import tensorflow as tf
 
-        from dcsp_dist import crf_pool, records
+        from dcsp_dist import crf_pool, preemption, records
         from dcsp_dist.inference import probability_fn_for
+        probabilities = probability_fn_for(self.model, self.cfg, self.scales)
         try:
-            yield from crf_pool.run_inference(probability_fn_for(self.model, self.cfg, self.scales), self.dataset, self.crf,
-                                     workers=self.workers)
+            for item in crf_pool.run_inference(probabilities, self.dataset, self.crf, workers=self.workers):
+                if preemption.requested():   # a signal: stop between images (``count_and_agree``)
+                    self.stopped = True
+                    return
+                yield item
         except tf.errors.DataLossError as exc:
             raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
+
+    def count_and_agree(self, count: int) -> int:
+        """The images done over all ranks; raises Preempted on every rank when any rank
+        was signalled (nothing of the job is written then)."""
+        import numpy as np
+
+        from dcsp_dist import distributed, preemption
+        total, stopped = distributed.allreduce_sum(np.array([count, int(self.stopped)], np.int64))
+        if stopped:
+            raise preemption.Preempted(f"preempted ({preemption.signal_name() or 'another rank was signalled'}) "
+                                       f"after {total} of {self.manifest['num_examples']} images; nothing written; "
+                                       f"relaunch the same command")
+        return int(total)
 
 
 def main_for(job_fn, args) -> int:
     """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
-    from dcsp_dist import distributed, records
+    from dcsp_dist import distributed, preemption, records
+    preemption.install()
     ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
     return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))

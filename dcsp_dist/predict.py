@@ -97,7 +97,6 @@ def _finish(args, staging: str, total: int) -> None:
 
 def _write_masks(args, ctx, job, out: str) -> int:
     """This rank's masks (and overlays) under ``out``; returns the count over all ranks."""
-    from dcsp_dist import distributed
     from dcsp_dist.progress import progress
     masks_dir = os.path.join(out, SUBMISSION_DIR)
     overlay_dir = os.path.join(out, "overlays")
@@ -114,8 +113,7 @@ def _write_masks(args, ctx, job, out: str) -> int:
         count += 1
         bar.update(1)
     bar.close()
-    import numpy as np
-    return int(distributed.allreduce_sum(np.array([count], np.int64))[0])  # also waits for every rank
+    return job.count_and_agree(count)   # also waits for every rank
 
 
 def main(argv=None) -> int:

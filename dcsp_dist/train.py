@@ -17,6 +17,7 @@ import sys
 import time
 
 from dcsp_dist import config as config_lib
+from dcsp_dist import preemption
 from dcsp_dist import stages as stage_table
 from dcsp_dist import workdir as layout
 
@@ -64,16 +65,28 @@ class StepLoop:
         for step in range(first, self.trainer.steps):
             batch = self._next(iterator, ctx)
             step_start = time.time()
-            values = self.trainer.step(batch).numpy()
+            values = self.trainer.step(batch, preemption.requested()).numpy()
             done = step + 1
             self._check_finite(values, done)
             self.reporter.step_done(done, values, batch, ctx.is_chief, step_start)
-            if done % self.cfg.checkpoint_every == 0 or done == self.trainer.steps:
+            stop = values[5] > 0           # some rank was signalled: every rank sees it at this step
+            if stop or done % self.cfg.checkpoint_every == 0 or done == self.trainer.steps:
                 self._check_state(done)    # every rank: they hold the same weights
                 if ctx.is_chief:
                     self.ckpts.save(done)
             if on_step:
                 on_step(done)
+            if stop:
+                self._preempted(done, ctx)
+
+    def _preempted(self, done: int, ctx) -> None:
+        from dcsp_dist import distributed
+        if ctx.is_chief:
+            self.reporter.flush()
+        distributed.barrier()          # the checkpoint is on disk before any rank exits
+        raise preemption.Preempted(f"[{self.stage}] preempted at step {done}/{self.trainer.steps} "
+                                   f"({preemption.signal_name() or 'another rank was signalled'}); checkpoint "
+                                   f"{self.ckpts.latest}; relaunch the same command to resume")
 
     def _stopped(self, what: str, done: int) -> FloatingPointError:
         return FloatingPointError(f"[{self.stage}] {what} at step {done}; stopped. The last good checkpoint "
@@ -264,6 +277,7 @@ def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
 
 def _start(args, cfg, ctx) -> None:
     from dcsp_dist import distributed
+    preemption.install(cfg.preempt_signals)
     distributed.report_devices(ctx, cfg.require_gpu)
     run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config)
 

@@ -103,9 +103,10 @@ class StageTrainer:
         skip_overflow = cfg.mixed_precision == "float16"
 
         @tf.function
-        def train_step(batch):
-            """One SGD step; returns rank-averaged [total, cls, seg, l2, gradients finite]
-            (the same on every rank, so a non-finite value anywhere stops every rank).
+        def train_step(batch, stop):
+            """One SGD step; returns rank-averaged [total, cls, seg, l2, gradients finite,
+            stop] (the same on every rank, so a non-finite value anywhere stops every rank,
+            and a rank asked to stop, ``stop`` = 1, stops every rank after this step).
 
             With float16, a step whose gradients overflow is skipped (weights and momentum
             untouched, the step counter moves on), as Keras' LossScaleOptimizer does; in
@@ -130,7 +131,7 @@ class StageTrainer:
                 tf.cond(finite, apply, skip)
             else:
                 optimizer.apply(grads, variables)
-            values = tf.concat([values, tf.cast(finite, tf.float32)[None]], 0)
+            values = tf.concat([values, tf.cast(finite, tf.float32)[None], stop[None]], 0)
             return distributed.allreduce_mean_tensor(values)
 
-        return train_step
+        return lambda batch, stop=False: train_step(batch, tf.constant(1.0 if stop else 0.0))

@@ -187,10 +187,14 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale(warn)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(holder, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(holder, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:   # e.g. a full disk: no empty lock left behind
+                os.remove(self.path)
+                raise OSError(exc.errno, f"writing the run lock {self.path} failed: {exc.strerror}") from None
             self.token = holder["token"]
             self._stop = threading.Event()
             threading.Thread(target=self._heartbeat, daemon=True, name="dcsp-run-lock").start()
@@ -250,6 +254,8 @@ def _stale_because(holder: dict, age: float) -> str | None:
     import socket
     if age > LOCK_STALE_SECONDS:
         return f"no heartbeat for {age:.0f} s"
+    if not holder and age > LOCK_HEARTBEAT_SECONDS:
+        return f"an empty lock, {age:.0f} s old"
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         try:
             os.kill(holder["pid"], 0)

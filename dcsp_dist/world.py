@@ -47,17 +47,17 @@ class FixedWorld:
         distributed.check_same_everywhere(digest, "the config")
 
     def agree(self, compute):
-        """Rank 0's ``compute()``, on every rank; a ValueError it raises is raised on every
-        rank (one line each), not only on rank 0 while the others wait."""
+        """Rank 0's ``compute()``, on every rank; a ValueError or OSError it raises is raised
+        on every rank (one line each), not only on rank 0 while the others wait."""
         value, failure = None, None
         if self.context.is_chief:
             try:
                 value = compute()
-            except ValueError as exc:
-                failure = str(exc)
+            except (ValueError, OSError) as exc:
+                failure = (type(exc) is not ValueError and isinstance(exc, OSError), str(exc))
         value, failure = distributed.broadcast_object((value, failure))
         if failure:
-            raise ValueError(failure)
+            raise (OSError if failure[0] else ValueError)(failure[1])
         return value
 
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
@@ -88,9 +88,12 @@ class FixedWorld:
     def input_pipeline(self, make_dataset, cfg):
         """``(first_step, ctx) -> iterator`` over this rank's batches. A fixed world builds
         its dataset once, now (before the model: the seeded ops' order is part of a
-        deterministic run)."""
+        deterministic run). A resumed stage skips the batches of the steps already done,
+        so that it trains on exactly the batches an uninterrupted run would (the skipped
+        batches are read and augmented once more: about the input pipeline's time for
+        those steps, far less than the steps themselves)."""
         dataset = make_dataset(cfg.per_rank_batch(self._ctx.size), self._ctx, 0)
-        return lambda first, ctx: iter(dataset)
+        return lambda first, ctx: iter(dataset.skip(first) if first else dataset)
 
     def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
         """Steps ``start``..``steps``: ``run_steps(first, iterator, ctx, on_step)``."""
