@@ -68,6 +68,7 @@ def test_k8s_manifest_is_an_mpijob_with_launcher_and_workers():
                  "--dry-run").stdout
     assert "kind: MPIJob" in out and "Launcher:" in out and "Worker:" in out
     assert "replicas: 3" in out and "nvidia.com/gpu: 4" in out and '"-np", "12"' in out
+    assert out.count("terminationGracePeriodSeconds: 300") == 2      # launcher and workers: time to checkpoint
     manifest = out.split("---")[0]
     assert "\"/data/my records\"" in manifest and "@" not in manifest.split("kind: MPIJob")[1]
 
@@ -165,3 +166,12 @@ def test_elastic_dry_run(tmp_path):
     assert words[9] == f"{tmp_path}/discover_hosts.sh"
     assert ["--blacklist-cooldown-range", "10", "20"] == words[10:13]
     assert words[words.index("-m") + 1] == "dcsp_dist.train"
+
+
+def test_slurm_batch_script_asks_for_a_warning_signal_and_requeues_on_exit_75():
+    text = open(f"{ROOT}/launch/slurm.sbatch").read()
+    assert "#SBATCH --signal=B:USR1@" in text and "#SBATCH --requeue" in text
+    assert "trap 'forward USR1' USR1" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    proc = subprocess.run(["bash", "launch/slurm.sbatch", "--dry-run", "--max-requeues", "x", *JOB], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--max-requeues x" in proc.stderr

@@ -36,6 +36,8 @@ def _indexed(ckpt):
 def test_rotation_survives_three_resumes(synth_records, tmp_path):
     ckpt = tmp_path / "attention" / "ckpt"
     for steps in (4, 6, 8, 10):   # the first run, then three resumes with more steps
+        if steps > 4:
+            (tmp_path / "attention" / "done.json").unlink()
         _attention(synth_records, tmp_path, "--set", f"attention_steps={steps}", "--set", "checkpoint_every=1",
                    "--set", "keep_checkpoints=2", "--allow-changed-config")
         assert _indexed(ckpt) == [steps - 1, steps], sorted(os.listdir(ckpt))
