@@ -2,7 +2,7 @@
 # Idempotent set-up: Debian packages, .venv in the checkout, TensorFlow, then Horovod
 # compiled against that TensorFlow (TensorFlow + MPI + Gloo; NCCL with GPU=1).
 # Horovod 0.28.1 is built from its source package with the small patches in
-# scripts/horovod-patches/ (TensorFlow 2.21 support; see the README). The wheel is built
+# scripts/horovod-patches/ (TensorFlow 2.21 support; see docs/setup.md). The wheel is built
 # once and cached outside the checkout, keyed by Horovod, TensorFlow, Python, the patch
 # set and the variant (cpu, or nccl<version>-cuda<version>), so later set-ups take seconds.
 #
@@ -169,7 +169,7 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
         >"$work/build.log" 2>&1; then
     mkdir -p "$CACHE"; cp "$work/build.log" "$CACHE/horovod-build-$variant.log"
     tail -n 40 "$work/build.log" >&2
-    die "Horovod build failed (full log: $CACHE/horovod-build-$variant.log); see the README's 'Troubleshooting the Horovod build'"
+    die "Horovod build failed (full log: $CACHE/horovod-build-$variant.log); see docs/setup.md, 'Troubleshooting the Horovod build'"
   fi
   if [[ "${NCCL_LINK:-}" == SHARED ]]; then
     # NCCL from the nvidia-nccl-cu12 wheel: nothing puts its lib/ on the loader's path
