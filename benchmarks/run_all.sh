@@ -8,6 +8,7 @@ echo "== input pipeline";  "$PY" benchmarks/data_bench.py
 echo "== model";           "$PY" benchmarks/model_bench.py
 echo "== weak scaling";    "$PY" benchmarks/scaling_bench.py
 echo "== shard checks";    "$PY" benchmarks/verify_bench.py
+echo "== integrity checks and a preemption checkpoint (ResNet-101)"; "$PY" benchmarks/integrity_bench.py
 ckpt="${CHECKPOINT:-demo_run/run}"
 if [[ -d "$ckpt" ]]; then
   echo "== evaluation";    "$PY" benchmarks/eval_bench.py --checkpoint "$ckpt"

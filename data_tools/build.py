@@ -40,7 +40,7 @@ from data_tools.sources import (
 )
 from dcsp_dist import records
 from dcsp_dist.voc import CLASS_NAMES
-from dcsp_dist.workdir import check_writable_dir, write_json
+from dcsp_dist.workdir import check_writable_dir, publish, temp_name, write_json
 
 DEFAULT_SHARDS = 64
 LARGE_SPLIT = 32768
@@ -88,7 +88,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     final = [os.path.join(out, records.shard_name(split, i, num_shards)) for i in range(num_shards)]
-    tmp = [f + f".tmp-{os.getpid()}" for f in final]
+    tmp = [temp_name(f) for f in final]
     import tensorflow as tf  # only the parent writes records
 
     writers = [None] * num_shards
@@ -160,7 +160,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
         except (ValueError, KeyError):
             stale = []
     for t, f in zip(tmp, final):
-        os.replace(t, f)
+        publish(t, f)          # fsync, rename, fsync the directory
     if skipped:
         write_json(os.path.join(out, f"{split}.skipped.json"), {"split": split, "skipped": skipped})
     write_json(records.manifest_path(out, split), manifest)
