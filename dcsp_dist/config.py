@@ -93,8 +93,9 @@ class Config:
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
     preempt_signals: str = "TERM,INT,USR1"   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
-    require_gpu: bool = False             # refuse to start on a rank that sees no GPU (also implied by GPU=1 set-up
-                                          # or CUDA_VISIBLE_DEVICES; see distributed.expects_gpu)
+    # "true": refuse to start on a rank that sees no GPU; "auto": the same when the set-up was
+    # GPU=1 or CUDA_VISIBLE_DEVICES names devices (distributed.expects_gpu); "false": never.
+    require_gpu: str = "auto"
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 20
@@ -130,7 +131,8 @@ class Config:
                 raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
         enums = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
                  "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16"),
-                 "upsample_space": ("logits", "probabilities"), "inference_window": ("image", "crop")}
+                 "upsample_space": ("logits", "probabilities"), "inference_window": ("image", "crop"),
+                 "require_gpu": ("auto", "true", "false")}
         for name, allowed in enums.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}")

@@ -111,13 +111,15 @@ def device_line(ctx: Context) -> str:
     return f"rank {ctx.rank} on {socket.gethostname()}: {', '.join(names) if names else 'CPU only'}"
 
 
-def expects_gpu(require_gpu: bool) -> str | None:
-    """Why this job expects GPUs (None: it does not): the ``require_gpu`` setting, a set-up
-    made with ``GPU=1`` (its stamp in the environment), or ``CUDA_VISIBLE_DEVICES`` naming
-    devices."""
+def expects_gpu(require_gpu: str = "auto") -> str | None:
+    """Why this job expects GPUs (None: it does not): ``require_gpu=true``, or with "auto" a
+    set-up made with ``GPU=1`` (its stamp in the environment) or ``CUDA_VISIBLE_DEVICES``
+    naming devices; never with "false"."""
     import glob
-    if require_gpu:
+    if require_gpu in ("true", True):
         return "require_gpu=true"
+    if require_gpu in ("false", False):
+        return None
     if glob.glob(os.path.join(sys.prefix, ".setup-*-gpu1")):
         return f"the environment {sys.prefix} was set up with GPU=1"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -126,7 +128,7 @@ def expects_gpu(require_gpu: bool) -> str | None:
     return None
 
 
-def report_devices(ctx: Context, require_gpu: bool) -> None:
+def report_devices(ctx: Context, require_gpu: str = "auto") -> None:
     """Rank 0 prints every rank's devices in one write; a rank that expects GPUs and sees
     none stops every rank with one line saying why (a node whose CUDA libraries are broken
     would otherwise train on its CPU, 100x slower)."""
@@ -140,7 +142,7 @@ def report_devices(ctx: Context, require_gpu: bool) -> None:
         if why and not tf.config.get_visible_devices("GPU"):
             raise RuntimeError(f"{why}, but TensorFlow sees no GPU on {socket.gethostname()} (rank {ctx.rank}); "
                                f"check the driver and CUDA libraries (TensorFlow's own log says which failed to "
-                               f"load; run with DCSP_TF_LOGS=1), or unset what asks for GPUs")
+                               f"load; run with DCSP_TF_LOGS=1), or set require_gpu=false")
     check() if elastic_enabled() else check_on_every_rank(check, RuntimeError)
 
 

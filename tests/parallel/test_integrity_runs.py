@@ -186,6 +186,10 @@ def test_device_line_and_require_gpu_refusal(synth_records, tmp_path):
     proc = run_ranks(1, *TRAIN, "--stage", "attention", "--data", str(synth_records), "--workdir",
                      str(tmp_path / "cvd"), check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert proc.returncode == 1 and "CUDA_VISIBLE_DEVICES=0, but TensorFlow sees no GPU" in proc.stderr
+    proc = run_ranks(1, *TRAIN, "--stage", "attention", "--data", str(synth_records), "--workdir",
+                     str(tmp_path / "cvd_off"), "--set", "attention_steps=1", "--set", "require_gpu=false",
+                     env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert "rank 0 on" in proc.stdout and "CPU only" in proc.stdout
 
 
 def _predict(tiny_run, records, out, split, check=True):
