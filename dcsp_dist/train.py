@@ -106,11 +106,10 @@ class StepLoop:
 
     def _check_state(self, done: int) -> None:
         """No checkpoint holds a non-finite weight or momentum (finite gradients can still
-        overflow the weights). One pass over the state, at checkpoint steps only."""
-        import numpy as np
-        for v in list(self.model.variables) + list(self.optimizer.variables):
-            if not np.isfinite(np.asarray(v)).all():
-                raise self._stopped(f"non-finite values in {v.path}", done)
+        overflow the weights). One compiled pass over the state, at checkpoint steps only."""
+        bad = self.trainer.nonfinite_state()
+        if bad:
+            raise self._stopped(f"non-finite values in {bad}", done)
 
     def _next(self, iterator, ctx):
         import tensorflow as tf

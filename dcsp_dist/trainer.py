@@ -58,6 +58,20 @@ class StageTrainer:
         self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
         self.optimizer.build(self.variables)
         self.step = self._make_step()
+        self._state_finite = None
+
+    def nonfinite_state(self) -> str | None:
+        """The first weight or optimizer slot holding a non-finite value, or None (one
+        compiled reduction over the state on the device; the state stays where it is)."""
+        import tensorflow as tf
+
+        from dcsp_dist import distributed
+        state = [v for v in list(self.model.variables) + list(self.optimizer.variables) if "float" in str(v.dtype)]
+        if self._state_finite is None:
+            raw = distributed.raw_variables(state)
+            self._state_finite = tf.function(lambda: tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in raw]))
+        flags = self._state_finite().numpy()
+        return next((state[i].path for i in range(len(state)) if not flags[i]), None)
 
     def _make_step(self):
         import tensorflow as tf
