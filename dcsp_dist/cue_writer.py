@@ -137,6 +137,8 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     bar.close()
     gathered = distributed.allgather_object((written, stopped))   # every rank learns if any was signalled
     if any(s for _, s in gathered):
+        if ctx.is_chief:
+            preemption.record(workdir, f"{stage}: {sum(len(w) for w, _ in gathered)} cue shards finished")
         raise preemption.Preempted(f"[{stage}] preempted ({preemption.signal_name() or 'another rank was signalled'}); "
                                    f"finished cue shards are kept; relaunch the same command to write the rest")
     shards = sorted((s for rank, _ in gathered for s in rank), key=lambda s: s["file"])

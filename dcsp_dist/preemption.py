@@ -62,3 +62,18 @@ def signal_name() -> str | None:
 
 def reset() -> None:
     _state["signal"] = None
+
+
+MARKER = "preempted.json"
+
+
+def record(workdir: str, where: str) -> None:
+    """Rank 0 leaves ``<workdir>/preempted.json`` once the job's state is safe on disk. A
+    scheduler's script reads it when the tasks' exit statuses are mixed (srun's
+    --kill-on-bad-exit kills the ranks still exiting once one has exited 75)."""
+    import time
+
+    from dcsp_dist import workdir as layout
+    layout.write_json(os.path.join(workdir, MARKER), {"where": where, "signal": _state["signal"],
+                                                      "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                      "slurm_job_id": os.environ.get("SLURM_JOB_ID")})

@@ -55,9 +55,11 @@ class StepLoop:
     """The shared loop of fixed and elastic jobs: ``loop(first, iterator, ctx, on_step)``
     runs steps ``first``..``steps`` with reporting and periodic checkpoints."""
 
-    def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None):
+    def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None,
+                 workdir: str):
         self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
             stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
+        self.workdir = workdir
         self.model, self.optimizer = trainer.model, trainer.optimizer
 
     def __call__(self, first: int, iterator, ctx, on_step=None) -> None:
@@ -83,6 +85,7 @@ class StepLoop:
         from dcsp_dist import distributed
         if ctx.is_chief:
             self.reporter.flush()
+            preemption.record(self.workdir, f"{self.stage} step {done}, {self.ckpts.latest}")
         distributed.barrier()          # the checkpoint is on disk before any rank exits
         raise preemption.Preempted(f"[{self.stage}] preempted at step {done}/{self.trainer.steps} "
                                    f"({preemption.signal_name() or 'another rank was signalled'}); checkpoint "
@@ -159,7 +162,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
         distributed.log(f"[{stage}] already at step {start}/{trainer.steps}")
 
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
-    loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir)
+    loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
     world.train(start, trainer.steps, batches, loop, cfg.elastic_commit_every)
     _finish(stage, trainer, ckpts, reporter, world.context, start, workdir)
     return trainer
