@@ -176,9 +176,13 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
     _run(["scancel", "--batch", "--signal=USR1", job], env=env)
     _wait(env, job, lambda state, restarts: restarts >= 1 or state in ("COMPLETED", "FAILED", "CANCELLED"))
     requeued = time.time()
-    _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=False)   # no requeue back-off
-    state, restarts, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED")
-                                  and restarts >= 1)
+
+    def finished(state, restarts):
+        # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it at once.
+        if state == "PENDING" and "Reason=BeginTime" in _job_state(env, job)[2]:
+            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=False)
+        return state in ("COMPLETED", "FAILED", "CANCELLED") and restarts >= 1
+    state, restarts, info = _wait(env, job, finished)
     text = out.read_text()
     assert state == "COMPLETED" and restarts == 1, info + text[-4000:]
     stop = re.search(r"\[attention\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
