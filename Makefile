@@ -20,7 +20,7 @@ lint: setup
 test: setup lint
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests
 
-# The tests that start no horovodrun: the inner loop (about 2 minutes).
+# The tests that start no horovodrun: the inner loop.
 test-unit: setup
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider tests --ignore=tests/parallel
 
