@@ -170,8 +170,10 @@ def test_adapt_with_crf_writes_cues_of_tagged_classes(tiny_run, synth_records, t
     copy = tmp_path / "run"
     for stage in ("attention", "cues", "segmentation"):
         shutil.copytree(workdir / stage, copy / stage)
+    # A changed setting on an existing run: said explicitly (the run's config.json says adapt_crf=false).
     run_ranks(2, "-m", "dcsp_dist.train", "--stage", "adapt", "--config", "tiny_test", "--set", "adapt_crf=true",
-              "--data", str(synth_records), "--workdir", str(copy))
+              "--allow-changed-config", "--data", str(synth_records), "--workdir", str(copy))
+    assert json.load(open(copy / "config_changes.json"))[0]["changes"] == ["adapt_crf: False -> True"]
     summary = json.load(open(copy / "adapt" / "cues.json"))
     assert 0 < summary["miou"] <= 1
     manifest = records.read_manifest(str(synth_records), "train")
