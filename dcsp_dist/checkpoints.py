@@ -110,7 +110,7 @@ def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
                 warn(f"warning: skipped unreadable checkpoint(s) {listed}; resuming from {prefix}")
             # Older candidates are not read here; a damaged one among them is met (and
             # skipped) only if a later resume falls back that far.
-            write_index(ckpt_dir, prefix, [p for p in candidates if p not in skipped and int(_step(p)) <= int(_step(prefix))])
+            write_index(ckpt_dir, prefix, candidates[candidates.index(prefix):])   # newest first: the skipped are newer
             return prefix
         skipped[prefix] = why
     if candidates:
@@ -118,10 +118,6 @@ def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
         raise CheckpointError(f"{ckpt_dir}: no readable checkpoint ({listed}); refusing to start "
                               f"from scratch over them: move {ckpt_dir} away to retrain the stage")
     return None
-
-
-def _step(prefix: str) -> str:
-    return prefix.rsplit("-", 1)[1]
 
 
 def write_index(ckpt_dir: str, latest: str, kept: list[str]) -> None:
