@@ -93,6 +93,7 @@ class Config:
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
     preempt_signals: str = "TERM,INT,USR1"   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
+    stall_timeout: float = 300.0          # seconds without a step before a stalled rank ends the job, exit 76; 0 = off
     # "true": refuse to start on a rank that sees no GPU; "auto": the same when the set-up was
     # GPU=1 or CUDA_VISIBLE_DEVICES names devices (distributed.expects_gpu); "false": never.
     require_gpu: str = "auto"
@@ -117,7 +118,7 @@ class Config:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
-        for name in ("segmentation_base_lr", "weight_decay", "poly_power", "crf_label_margin"):
+        for name in ("segmentation_base_lr", "weight_decay", "poly_power", "crf_label_margin", "stall_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.max_scale < self.min_scale:

@@ -62,13 +62,21 @@ class StepLoop:
         self.workdir = workdir
         self.model, self.optimizer = trainer.model, trainer.optimizer
 
-    def __call__(self, first: int, iterator, ctx, on_step=None) -> None:
+    @property
+    def heartbeat_dir(self) -> str:
+        return os.path.join(layout.stage_dir(self.workdir, self.stage), "heartbeat")
+
+    def __call__(self, first: int, iterator, ctx, on_step=None, beat=None) -> None:
+        """``beat(progress)``, when given, hears 2*step+1 as a step starts and 2*done when it ends."""
+        beat = beat or (lambda progress: None)
         self.reporter.begin(first)
         for step in range(first, self.trainer.steps):
             batch = self._next(iterator, ctx)
+            beat(2 * step + 1)
             step_start = time.time()
             values = self.trainer.step(batch, preemption.requested()).numpy()
             done = step + 1
+            beat(2 * done)
             self._check_finite(values, done)
             self.reporter.step_done(done, values, batch, ctx.is_chief, step_start)
             stop = values[5] > 0           # some rank was signalled: every rank sees it at this step

@@ -268,7 +268,8 @@ def _stale_because(holder: dict, age: float) -> str | None:
 
 # ----------------------------------------------------------------------------- settings on resume
 # Settings that change only what is logged or kept, never what is computed: a resume may change them.
-BOOKKEEPING = ("log_every", "image_summary_every", "checkpoint_every", "keep_checkpoints", "elastic_commit_every")
+BOOKKEEPING = ("log_every", "image_summary_every", "checkpoint_every", "keep_checkpoints", "elastic_commit_every",
+               "stall_timeout", "preempt_signals", "require_gpu")
 
 
 def config_differences(workdir: str, settings: dict) -> list[str]:

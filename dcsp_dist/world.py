@@ -96,8 +96,12 @@ class FixedWorld:
         return lambda first, ctx: iter(dataset.skip(first) if first else dataset)
 
     def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
-        """Steps ``start``..``steps``: ``run_steps(first, iterator, ctx, on_step)``."""
-        run_steps(start, inputs(start, self._ctx), self._ctx, None)
+        """Steps ``start``..``steps``: ``run_steps(first, iterator, ctx, on_step, beat)``, watched
+        for a stalled rank (dcsp_dist.watchdog)."""
+        from dcsp_dist import watchdog
+        iterator = inputs(start, self._ctx)
+        with watchdog.watching(run_steps.heartbeat_dir, self._ctx, run_steps.cfg.stall_timeout) as beat:
+            run_steps(start, iterator, self._ctx, None, beat)
 
 
 def for_job(ctx):

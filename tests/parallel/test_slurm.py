@@ -150,6 +150,15 @@ def _wait(env, job, until, timeout=900):
     raise AssertionError(f"job {job} did not get there: {text}")
 
 
+def _stepd_alive(job) -> bool:
+    return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True).returncode == 0
+
+
+def _slurmd_log(env) -> str:
+    log = os.path.join(os.path.dirname(env["SLURM_CONF"]), "log", "d.log")
+    return "\n--- slurmd log ---\n" + (open(log).read()[-3000:] if os.path.exists(log) else "(none)")
+
+
 def _steps(path):
     text = path.read_text() if path.exists() else ""
     return [int(s) for s in re.findall(r"\[attention\] step (\d+)/", text)], text
@@ -178,18 +187,20 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
     requeued = time.time()
 
     def finished(state, restarts):
-        # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it at once.
-        if state == "PENDING" and "Reason=BeginTime" in _job_state(env, job)[2]:
+        # SLURM holds a requeued job for about two minutes (Reason=BeginTime), time in which the
+        # old step's slurmstepd finishes; a job restarted while it still holds the step's PMIx
+        # socket fails to launch. Release the job as soon as that stepd has gone.
+        if state == "PENDING" and "Reason=BeginTime" in _job_state(env, job)[2] and not _stepd_alive(job):
             _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=False)
         return state in ("COMPLETED", "FAILED", "CANCELLED") and restarts >= 1
     state, restarts, info = _wait(env, job, finished)
     text = out.read_text()
-    assert state == "COMPLETED" and restarts == 1, info + text[-4000:]
+    assert state == "COMPLETED" and restarts == 1, info + text[-4000:] + _slurmd_log(env)
     stop = re.search(r"\[attention\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
     assert stop, text[-4000:]
     step = int(stop.group(1))
     assert "requeueing job" in text and "forwarding it to the tasks" in text
-    assert f"resuming from {workdir}/attention/ckpt/ckpt-{step}" in text             # exactly that step
+    assert f"resuming from {workdir}/attention/ckpt/ckpt-{step}" in text, text[-4000:] + _slurmd_log(env)  # that step
     assert f"[attention] step {step + 1}/{STEPS}" in text
     for stage in ("attention", "segmentation", "segmentation_adapted"):
         done = json.load(open(workdir / stage / "done.json"))
