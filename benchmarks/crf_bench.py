@@ -128,7 +128,7 @@ def model_pairs(checkpoint, data):
     for ex in data_lib.make_inference_dataset(data, "val", need_mask=True):
         probs = probabilities(ex["image"]).numpy()
         out.append((ex["image"].numpy(), probs, ex["mask"].numpy()))
-    return out, CRFParams.from_config(cfg)
+    return out, cfg.crf
 
 
 def main(argv=None):

@@ -52,13 +52,13 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
     import tensorflow as tf
     from PIL import Image
 
-    from dcsp_dist.crf import CRFParams, dense_crf
+    from dcsp_dist.crf import dense_crf
     from dcsp_dist.inference import load_for_inference, probability_fn_for
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
     probs = probability_fn_for(model, cfg)(tf.constant(image)).numpy()
-    params = CRFParams.from_config(cfg)
+    params = cfg.crf
 
     def bare():
         h, w, c = probs.shape
@@ -103,14 +103,13 @@ def overlap_timing(checkpoint, data, rounds):
     import tensorflow as tf
 
     from dcsp_dist import data as data_lib
-    from dcsp_dist.crf import CRFParams
     from dcsp_dist.crf_pool import run_inference
     from dcsp_dist.inference import load_for_inference, probability_fn_for
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     model, cfg, _ = load_for_inference(checkpoint)
-    params = CRFParams.from_config(cfg)
+    params = cfg.crf
     dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
     probabilities = probability_fn_for(model, cfg)
 

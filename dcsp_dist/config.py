@@ -1,14 +1,26 @@
-"""Typed, frozen configuration with the paper's settings as defaults, and named presets.
+"""Typed, frozen configuration in sections, with the paper's settings as defaults.
 
-A run's resolved config is saved as JSON next to its checkpoints. Any field can be
-overridden from the command line (``--set attention.steps=500``-style flat names, e.g.
-``--set attention_steps=500``) or from a JSON file (``--config-file my.json``).
+A ``Config`` is a name plus seven sections, each a frozen dataclass that checks its own
+values: ``model``, ``input``, ``optimizer``, ``schedule``, ``inference``, ``crf`` and
+``run``. Functions take the section they need (``crf.dense_crf(..., cfg.crf)``). Every
+setting has a dotted name, ``crf.iterations``, and a flat one, ``crf_iterations`` (the
+section's prefix for CRF settings, the bare field name for the others); ``cfg.crf_iterations``
+reads it, and ``--set`` takes either (``--set crf.iterations=5``, ``--set attention_steps=300``).
+An unknown name is one line naming the closest known ones.
+
+Presets live one per file in ``dcsp_dist/configs/`` (``voc_paper``, ``synthetic_demo``,
+``tiny_test``), each with its rationale. A run saves its resolved config as ``config.json``
+in sections; files saved flat by earlier versions load too, and the digest (which names a
+config in logs and cue records) is computed over the flat settings, so it is what it was.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
+import importlib
 import json
+import pkgutil
 import typing
 from typing import Any
 
@@ -17,11 +29,37 @@ from dcsp_dist.voc import NUM_CLASSES
 OBJECTIVES = ("authors_code", "paper_text")
 
 
+class _Section:
+    """A config section: checks its values when made (before any work)."""
+    PREFIX = ""                      # flat names are PREFIX + field name
+    AT_LEAST: dict = {}              # field -> minimum
+    POSITIVE: tuple = ()             # fields that must be > 0
+    NON_NEGATIVE: tuple = ()         # fields that must be >= 0
+    CHOICES: dict = {}               # field -> allowed values
+
+    def __post_init__(self):
+        for name, low in self.AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{self.PREFIX}{name} must be >= {low}, not {getattr(self, name)}")
+        for name in self.POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{self.PREFIX}{name} must be > 0, not {getattr(self, name)}")
+        for name in self.NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{self.PREFIX}{name} must be >= 0, not {getattr(self, name)}")
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{self.PREFIX}{name} must be one of {', '.join(map(str, allowed))}, "
+                                 f"not {getattr(self, name)!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve more than one field of the section."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Every setting of a DCSP run. Defaults are the paper's (spec sections 1-5)."""
-    name: str = "voc_paper"
-    # --- model (spec 2) ---
+class ModelConfig(_Section):
+    """The network (spec 2)."""
     num_classes: int = NUM_CLASSES        # training sizes it from the records' class list (see with_classes)
     blocks: tuple = (3, 4, 23, 3)         # ResNet-101
     base_width: int = 64                  # filters of the first stage's bottleneck
@@ -31,14 +69,38 @@ class Config:
     head_init_std: float = 0.01
     mixed_precision: str = "float32"      # "float32", "bfloat16" or "float16" (GPU)
     xla: bool = False
-    # --- input (spec 1) ---
+    AT_LEAST = {"num_classes": 2, "base_width": 1}
+    POSITIVE = ("head_init_std",)
+    CHOICES = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16")}
+
+    def check(self) -> None:
+        if self.normalization not in ("frozen_batch_norm", "group_norm"):
+            raise ValueError(f"normalization must be frozen_batch_norm or group_norm, not {self.normalization!r}")
+        if self.normalization == "group_norm" and self.init_weights == "imagenet":
+            raise ValueError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
+                             "norm statistics); use init_weights=none or frozen_batch_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig(_Section):
+    """Training crops and their augmentation (spec 1)."""
     crop_size: int = 321
     min_scale: float = 0.5
     max_scale: float = 1.5
     flip: bool = True
     augment: bool = True
     shuffle_buffer: int = 1000
-    # --- optimisation (spec 3) ---
+    AT_LEAST = {"crop_size": 9, "shuffle_buffer": 1}
+    POSITIVE = ("min_scale", "max_scale")
+
+    def check(self) -> None:
+        if self.max_scale < self.min_scale:
+            raise ValueError(f"max_scale ({self.max_scale}) must be >= min_scale ({self.min_scale})")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """SGD with momentum, the poly rate and its multipliers (spec 3)."""
     global_batch: int = 10
     base_lr: float = 1e-3
     segmentation_base_lr: float = 0.0     # base rate of the segmentation stages; 0 = base_lr (paper)
@@ -51,7 +113,19 @@ class Config:
     lr_mult_backbone: float = 1.0
     lr_mult_head_kernel: float = 10.0
     lr_mult_head_bias: float = 20.0
-    # --- schedule (spec 4) ---
+    AT_LEAST = {"global_batch": 1, "reference_batch": 1, "warmup_steps": 0}
+    POSITIVE = ("base_lr", "lr_mult_backbone", "lr_mult_head_kernel", "lr_mult_head_bias")
+    NON_NEGATIVE = ("segmentation_base_lr", "weight_decay", "poly_power")
+    CHOICES = {"lr_scaling": ("none", "linear")}
+
+    def check(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), not {self.momentum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(_Section):
+    """The stages: their lengths and what each trains (spec 4)."""
     attention_steps: int = 30000
     segmentation_steps: int = 10000
     adapt_segmentation_steps: int = 10000
@@ -60,11 +134,20 @@ class Config:
     # get the segmentation loss alone, the attention head classification + L2 on its own
     # kernel. "paper_text": segmentation + classification + L2 into everything trained.
     segmentation_objective: str = "authors_code"
-    cue_scales: tuple = (1.0, 0.75, 0.5)
     # Adapted cues (spec 4.4) as the authors compute them: argmax of the fused logits over
     # background + tags. True refines those probabilities with the dense CRF of evaluation
     # first (an option, not the authors' step; see docs/demo.md).
     adapt_crf: bool = False
+    AT_LEAST = {"attention_steps": 1, "segmentation_steps": 1, "adapt_segmentation_steps": 1}
+    CHOICES = {"segmentation_objective": OBJECTIVES}
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig(_Section):
+    """How the network is run on whole images: cues, evaluation, prediction (spec 4.2, 5)."""
+    cue_scales: tuple = (1.0, 0.75, 0.5)
+    eval_scales: tuple = (1.0, 0.75, 0.5)
+    bg_threshold: float = 0.4
     # Where the stride-8 segmentation outputs are interpolated to the image (spec 5 and 4.4):
     # "logits" as the authors (bilinear logits, then softmax/argmax); "probabilities" takes the
     # softmax on the output grid first. Interpolated logits move every boundary towards the
@@ -76,20 +159,37 @@ class Config:
     # on crops much smaller than the images is off its training inputs on whole images
     # (``inference.windowed_outputs``; docs/demo.md).
     inference_window: str = "image"
-    bg_threshold: float = 0.4
-    # --- evaluation (spec 5) ---
-    eval_scales: tuple = (1.0, 0.75, 0.5)
-    crf_iterations: int = 10
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 49.0
-    crf_bilateral_srgb: float = 5.0
-    crf_bilateral_compat: float = 4.0
-    crf_label_margin: float = 6.0         # CRF over labels within e^-6 of the best somewhere; 0 = all
-    # --- bookkeeping ---
+    CHOICES = {"upsample_space": ("logits", "probabilities"), "inference_window": ("image", "crop")}
+
+    def check(self) -> None:
+        if not 0 <= self.bg_threshold <= 1:
+            raise ValueError(f"bg_threshold must be in [0, 1], not {self.bg_threshold}")
+        for name in ("cue_scales", "eval_scales"):
+            scales = getattr(self, name)
+            if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
+                raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CRFConfig(_Section):
+    """The dense CRF of evaluation (spec 5) and of adapt_crf."""
+    iterations: int = 10
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 49.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 4.0
+    label_margin: float = 6.0             # CRF over labels within e^-6 of the best somewhere; 0 = all
+    PREFIX = "crf_"
+    AT_LEAST = {"iterations": 0}
+    NON_NEGATIVE = ("label_margin",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Section):
+    """Seeds, distribution, bookkeeping and the splits a run reads."""
     seed: int = 0                         # initial weights, augmentation, shuffling
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run
-    # --- distribution ---
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
     preempt_signals: str = "TERM,INT,USR1"   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
@@ -103,50 +203,60 @@ class Config:
     image_summary_every: int = 500
     train_split: str = "train"
     val_split: str = "val"
+    AT_LEAST = {"checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "image_summary_every": 1,
+                "elastic_commit_every": 1}
+    NON_NEGATIVE = ("stall_timeout",)
+    CHOICES = {"gradient_compression": ("none", "fp16"), "require_gpu": ("auto", "true", "false")}
 
-    def __post_init__(self):
-        """Every setting's range, checked when the config is made (before any work)."""
-        at_least = {"num_classes": 2, "base_width": 1, "crop_size": 9, "global_batch": 1, "reference_batch": 1,
-                    "attention_steps": 1, "segmentation_steps": 1, "adapt_segmentation_steps": 1,
-                    "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "image_summary_every": 1,
-                    "shuffle_buffer": 1, "warmup_steps": 0, "crf_iterations": 0, "elastic_commit_every": 1}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, not {getattr(self, name)}")
-        positive = ("base_lr", "min_scale", "max_scale", "head_init_std", "lr_mult_backbone",
-                    "lr_mult_head_kernel", "lr_mult_head_bias")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
-        for name in ("segmentation_base_lr", "weight_decay", "poly_power", "crf_label_margin", "stall_timeout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.max_scale < self.min_scale:
-            raise ValueError(f"max_scale ({self.max_scale}) must be >= min_scale ({self.min_scale})")
-        if not 0 <= self.momentum < 1 or not 0 <= self.bg_threshold <= 1:
-            raise ValueError(f"momentum must be in [0, 1) and bg_threshold in [0, 1], "
-                             f"not {self.momentum} and {self.bg_threshold}")
-        for name in ("cue_scales", "eval_scales"):
-            scales = getattr(self, name)
-            if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
-                raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
-        enums = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
-                 "lr_scaling": ("none", "linear"), "gradient_compression": ("none", "fp16"),
-                 "upsample_space": ("logits", "probabilities"), "inference_window": ("image", "crop"),
-                 "require_gpu": ("auto", "true", "false")}
-        for name, allowed in enums.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}")
-        if self.normalization not in ("frozen_batch_norm", "group_norm"):
-            raise ValueError(f"normalization must be frozen_batch_norm or group_norm, not {self.normalization!r}")
-        if self.normalization == "group_norm" and self.init_weights == "imagenet":
-            raise ValueError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
-                             "norm statistics); use init_weights=none or frozen_batch_norm")
+    def check(self) -> None:
         from dcsp_dist.preemption import parse_signals
         parse_signals(self.preempt_signals)
-        if self.segmentation_objective not in OBJECTIVES:
-            raise ValueError(f"segmentation_objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"not {self.segmentation_objective!r}")
+
+
+SECTIONS = {"model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
+            "inference": InferenceConfig, "crf": CRFConfig, "run": RunConfig}
+# flat name -> (section, field): "crf_iterations" -> ("crf", "iterations"), "seed" -> ("run", "seed")
+FLAT = {cls.PREFIX + f.name: (section, f.name)
+        for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a DCSP run, in sections; defaults are the paper's (spec sections 1-5).
+    ``cfg.<flat name>`` reads any setting (``cfg.crf_iterations`` is ``cfg.crf.iterations``)."""
+    name: str = "voc_paper"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)
+    crf: CRFConfig = dataclasses.field(default_factory=CRFConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __getattr__(self, name: str):
+        where = FLAT.get(name)
+        if where is None:
+            raise AttributeError(f"Config has no setting {name!r}")
+        return getattr(object.__getattribute__(self, where[0]), where[1])
+
+    def replace(self, **changes) -> "Config":
+        """This config with settings changed, by flat or dotted name (``seed=1``,
+        ``**{"crf.iterations": 5}``); ``name`` renames it. Each changed section checks itself."""
+        name = changes.pop("name", self.name)
+        by_section: dict = {}
+        for key, value in changes.items():
+            section, field = resolve(key)
+            by_section.setdefault(section, {})[field] = value
+        sections = {s: dataclasses.replace(getattr(self, s), **c) for s, c in by_section.items()}
+        return dataclasses.replace(self, name=name, **sections)
+
+    def flat(self) -> dict:
+        """``{flat name: value}`` for every setting, plus ``name`` (tuples as lists, as in JSON)."""
+        out = {"name": self.name}
+        for key, (section, field) in FLAT.items():
+            value = getattr(getattr(self, section), field)
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
 
     # ------------------------------------------------------------------
     def with_classes(self, class_names, explicit: bool = False) -> "Config":
@@ -157,7 +267,7 @@ class Config:
         if explicit and self.num_classes != len(class_names):
             raise ValueError(f"num_classes={self.num_classes}, but the records list {len(class_names)} classes "
                              f"({', '.join(class_names[:4])}...); drop the setting: the class list comes from the data")
-        return dataclasses.replace(self, num_classes=len(class_names))
+        return self.replace(num_classes=len(class_names))
 
     def per_rank_batch(self, size: int) -> int:
         """Global batch split over ``size`` ranks; it must divide (the paper's batch is 10)."""
@@ -184,63 +294,54 @@ class Config:
         raise ValueError(f"lr_scaling must be 'none' or 'linear', not {self.lr_scaling!r}")
 
     def to_json(self) -> str:
+        """The config in sections, as a run saves it (``config.json``)."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """16 hex digits over the flat settings (the same as before the config had sections)."""
+        return hashlib.sha256(json.dumps(self.flat(), indent=2, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _voc_paper() -> Config:
-    """The paper's settings: ResNet-101 from ImageNet, batch 10, 30k + 10k + 10k steps.
-
-    Launch: ``horovodrun -np 10 python -m dcsp_dist.train --stage all --config voc_paper
-    --data records/voc12 --workdir runs/voc`` (or -np 2/5 to keep global batch 10; with
-    -np 8 set ``--set global_batch=16 --set lr_scaling=linear --set warmup_steps=500``).
-    Expected: 60.8 mIoU on VOC 2012 val with CRF, 61.9 on test.
-    """
-    return Config()
-
-
-def _synthetic_demo() -> Config:
-    """Small enough for a 2-core CPU: a narrow ResNet (1,1,1,1) trained from scratch.
-
-    Launch: ``make demo SEED=0`` (``horovodrun -np 2 python -m dcsp_dist.train --stage all
-    --config synthetic_demo --set seed=0 ...``). Expected: val mIoU >= 0.65 with CRF for any
-    seed, the adaptation round within a point of the first segmentation stage or above.
-    With no ImageNet features the attention stage trains the backbone too, at a higher
-    rate (1e-2) than the segmentation stages (3e-3). On its 160-pixel images the stride-8
-    grid is coarse, so the segmentation outputs are interpolated as probabilities
-    (``upsample_space``: interpolated logits shrink objects towards background, and the
-    adaptation round compounded it) and the adapted cues are refined by the dense CRF
-    (``adapt_crf``); the network sees crop-size windows at inference as in training
-    (``inference_window``: on images much larger than the 113-pixel crops, whole-image
-    inference was 6 points worse and the adaptation round learned its errors): all options,
-    see docs/conformance.md. Its frozen batch norm has no
-    statistics (it is the identity); ``--set normalization=group_norm`` trains group norm
-    instead, which learned the attention stage more slowly here (see docs/demo.md).
-    Deterministic: the same seed gives the same run.
-    """
-    return Config(
-        name="synthetic_demo", blocks=(1, 1, 1, 1), base_width=16, init_weights="none",
-        deterministic=True,
-        crop_size=113, min_scale=0.75, max_scale=1.25, global_batch=10, base_lr=1e-2,
-        segmentation_base_lr=3e-3,
-        attention_steps=400, segmentation_steps=600, adapt_segmentation_steps=400,
-        attention_trains_backbone=True, head_init_std=0.01, shuffle_buffer=200,
-        checkpoint_every=200, log_every=25, image_summary_every=100,
-        cue_scales=(1.0, 0.75), eval_scales=(1.0, 0.75), crf_bilateral_sxy=20.0,
-        upsample_space="probabilities", adapt_crf=True, inference_window="crop")
+def resolve(key: str) -> tuple[str, str]:
+    """``(section, field)`` of a flat or dotted setting name; an unknown one is a ValueError
+    naming the closest known names."""
+    if key in FLAT:
+        return FLAT[key]
+    section, _, field = key.partition(".")
+    if section in SECTIONS and field in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        return section, field
+    known = list(FLAT) + [f"{s}.{f}" for s, f in FLAT.values()]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; the sections are {', '.join(SECTIONS)}"
+    raise ValueError(f"unknown setting {key!r}{hint} (python -m dcsp_dist.config lists them all)")
 
 
-def _tiny_test() -> Config:
-    """For tests and smoke runs: a few steps of a very narrow model."""
-    return dataclasses.replace(
-        _synthetic_demo(), name="tiny_test", base_width=4, crop_size=64, global_batch=4,
-        attention_steps=4, segmentation_steps=3, adapt_segmentation_steps=3,
-        checkpoint_every=2, log_every=1, image_summary_every=2, shuffle_buffer=16, adapt_crf=False)
+def flatten(values: dict) -> dict:
+    """A saved or given config in sections (``{"crf": {"iterations": 5}}``) or flat
+    (``{"crf_iterations": 5}``, as earlier versions saved it) as ``{flat name: value}``."""
+    out = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            cls = SECTIONS[key]
+            out.update({cls.PREFIX + k: v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
-PRESETS = {"voc_paper": _voc_paper, "synthetic_demo": _synthetic_demo, "tiny_test": _tiny_test}
+def _presets() -> dict:
+    from dcsp_dist import configs
+    return {m.name: m.name for m in pkgutil.iter_modules(configs.__path__)}
+
+
+PRESETS = _presets()
+
+
+def preset(name: str) -> Config:
+    """The preset ``name`` (``dcsp_dist/configs/<name>.py``)."""
+    if name not in PRESETS:
+        raise ValueError(f"--config: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return importlib.import_module(f"dcsp_dist.configs.{name}").get_config()
 
 
 def _coerce(field: dataclasses.Field, value: Any) -> Any:
@@ -265,30 +366,39 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     return kind(value)
 
 
-def make_config(preset: str = "voc_paper", overrides: dict | None = None,
+def _field(key: str) -> dataclasses.Field:
+    section, name = resolve(key)
+    return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+
+
+def _typed(values: dict) -> dict:
+    """Flat or dotted names with string or JSON values -> their fields' types (an unknown
+    name or a bad value is one line naming the setting)."""
+    changes = {}
+    for key, value in values.items():
+        field = _field(key)
+        try:
+            changes[key] = _coerce(field, value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"setting {key}={value!r}: {exc}") from None
+    return changes
+
+
+def make_config(preset_name: str = "voc_paper", overrides: dict | None = None,
                 config_file: str | None = None) -> Config:
-    """The named preset, then a JSON file's values, then ``overrides`` (flag values)."""
-    if preset not in PRESETS:
-        raise ValueError(f"--config: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = PRESETS[preset]()
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    """The named preset, then a JSON file's values (in sections or flat), then ``overrides``
+    (flag values, flat or dotted names)."""
+    cfg = preset(preset_name)
     values: dict = {}
     if config_file:
         try:
             with open(config_file) as fh:
-                values.update(json.load(fh))
+                values.update(flatten(json.load(fh)))
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"--config-file {config_file}: {exc}") from None
     values.update(overrides or {})
-    changes = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}")
-        try:
-            changes[key] = _coerce(fields[key], value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"setting {key}={value!r}: {exc}") from None
-    return dataclasses.replace(cfg, **changes)
+    name = values.pop("name", cfg.name)
+    return cfg.replace(name=name, **_typed(values))
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -303,17 +413,42 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 
 
 def explicit_settings(pairs: list[str] | None, config_file: str | None) -> set:
-    """The names set on the command line or in the config file (not left to the preset)."""
+    """The flat names of the settings given on the command line or in the config file (not
+    left to the preset)."""
     names = set(parse_overrides(pairs))
     if config_file:
         with open(config_file) as fh:
-            names |= set(json.load(fh))
-    return names
+            names |= set(flatten(json.load(fh)))
+    return {key if key == "name" else _flat_name(key) for key in names}
+
+
+def _flat_name(key: str) -> str:
+    section, field = resolve(key)
+    return SECTIONS[section].PREFIX + field
 
 
 def load_saved(path: str) -> Config:
-    """A config saved as JSON by a previous run (``config.json`` in a stage directory)."""
+    """A config saved as JSON by a run (``config.json`` in a stage directory), in sections or
+    flat as earlier versions wrote it. Settings this version does not know are ignored, and
+    ones added since keep their defaults."""
     with open(path) as fh:
-        values = json.load(fh)
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    return Config(**{k: _coerce(fields[k], v) for k, v in values.items() if k in fields})
+        values = flatten(json.load(fh))
+    name = values.pop("name", "voc_paper")
+    known = {k: v for k, v in values.items() if k in FLAT}
+    return Config(name=name).replace(**{k: _coerce(_field(k), v) for k, v in known.items()})
+
+
+def main(argv=None) -> int:
+    """``python -m dcsp_dist.config [PRESET]``: every setting, by section, with the preset's value."""
+    import sys
+    cfg = preset((argv if argv is not None else sys.argv[1:] or ["voc_paper"])[0])
+    for section in SECTIONS:
+        print(f"[{section}]")
+        for f in dataclasses.fields(SECTIONS[section]):
+            print(f"  {section}.{f.name} = {getattr(getattr(cfg, section), f.name)!r}"
+                  f"   (flat: {SECTIONS[section].PREFIX}{f.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

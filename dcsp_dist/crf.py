@@ -18,28 +18,15 @@ kept labels' probabilities ([k, H, W] float32) travel to them.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
+
+from dcsp_dist.config import CRFConfig
 
 UNARY_CLIP = 1e-5   # pydensecrf.utils.unary_from_softmax's floor on probabilities
 
 
-@dataclasses.dataclass(frozen=True)
-class CRFParams:
-    iterations: int = 10
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 49.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 4.0
-    label_margin: float = 6.0     # nats below the pixel's best label; 0 = every label
-
-    @classmethod
-    def from_config(cls, cfg) -> "CRFParams":
-        return cls(cfg.crf_iterations, cfg.crf_gaussian_sxy, cfg.crf_gaussian_compat,
-                   cfg.crf_bilateral_sxy, cfg.crf_bilateral_srgb, cfg.crf_bilateral_compat,
-                   cfg.crf_label_margin)
+# The CRF's parameters are the config's CRF section (``cfg.crf``; defaults: spec 5).
+CRFParams = CRFConfig
 
 
 def select_labels(probs: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ def make_cue_fn(stage: str, cfg, model):
 
     spec = stages.get(stage)
     refine = stage == "adapt" and cfg.adapt_crf   # adapted cues through the dense CRF (an option)
-    crf_params = crf.CRFParams.from_config(cfg)
+    crf_params = cfg.crf
     space = "logits" if stage == "cues" else cfg.upsample_space
     fused = make_multiscale_fn(model, cfg.cue_scales, spec.output, cfg.output_stride, space,
                                cfg.inference_window_size)

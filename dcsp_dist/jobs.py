@@ -44,11 +44,9 @@ class Job:
     """What one rank needs to run inference over its shards, checked before any work."""
 
     def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None, marker: str = "results.json"):
-        import dataclasses
         import os
 
         from dcsp_dist import crf_pool, data, distributed, records
-        from dcsp_dist.crf import CRFParams
 
         if out_dir is not None:   # before hours of inference, not after
             from dcsp_dist.workdir import check_replaceable, check_writable_dir
@@ -72,10 +70,10 @@ class Job:
                              f"records have {len(self.manifest['class_names'])}")
         self.scales = parse_scales(args.scales, self.cfg.eval_scales)
         if args.window is not None:
-            self.cfg = dataclasses.replace(self.cfg, inference_window=args.window)
+            self.cfg = self.cfg.replace(inference_window=args.window)
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
-        self.crf = None if args.no_crf else CRFParams.from_config(self.cfg)
+        self.crf = None if args.no_crf else self.cfg.crf
         self.stopped = False
         self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 

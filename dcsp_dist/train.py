@@ -28,7 +28,9 @@ def parse_args(argv=None):
     parser.add_argument("--stage", required=True, choices=("all",) + stage_table.SCHEDULE)
     parser.add_argument("--config", default="voc_paper", help=f"preset: {', '.join(config_lib.PRESETS)}")
     parser.add_argument("--config-file", help="JSON file of settings overriding the preset")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one setting by its dotted or flat name: crf.iterations=5, attention_steps=300 "
+                             "(repeatable; python -m dcsp_dist.config lists them)")
     parser.add_argument("--data", required=True, help="directory of TFRecords from data_tools.build")
     parser.add_argument("--workdir", required=True, help="run directory (one sub-directory per stage)")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
@@ -264,7 +266,7 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
     layout.check_writable_dir(workdir, "--workdir")
     inputs = check_inputs(stages, cfg, world, data_dir, verify_data)
     world.check_config(cfg.digest())
-    lock = world.hold_run(workdir, json.loads(cfg.to_json()), allow_changed_config)
+    lock = world.hold_run(workdir, cfg.flat(), allow_changed_config)
     try:
         _run_stages(stages, cfg, world, inputs, workdir)
     finally:

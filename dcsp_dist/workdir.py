@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from dcsp_dist.config import flatten
 from dcsp_dist.stages import SCHEDULE, TRAINING_STAGES  # noqa: F401  (the stage table's names)
 
 
@@ -280,7 +281,7 @@ def config_differences(workdir: str, settings: dict) -> list[str]:
         path = os.path.join(stage_dir(workdir, stage), "config.json")
         if not os.path.isfile(path) or os.path.islink(stage_dir(workdir, stage)):
             continue
-        saved = read_json(path, "saved config")
+        saved = flatten(read_json(path, "saved config"))   # in sections, or flat as older runs saved it
         for key in sorted(set(saved) & set(settings)):   # a setting added since keeps its default
             if key in BOOKKEEPING or saved[key] == settings[key]:
                 continue

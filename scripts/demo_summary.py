@@ -57,7 +57,7 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride,
                                         window=cfg.inference_window_size)
     probabilities = {name: probability_fn_for(model, cfg) for name, model in (("first", first), ("final", final))}
-    params = crf.CRFParams.from_config(cfg)
+    params = cfg.crf
     rows = []
     for image_id in ids:
         rgb = np.asarray(Image.open(f"{voc}/JPEGImages/{image_id}.jpg").convert("RGB"))

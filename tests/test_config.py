@@ -1,4 +1,7 @@
+import importlib
 import json
+import os
+import re
 
 import pytest
 
@@ -46,3 +49,60 @@ def test_batch_split_and_scaling_rule():
     big = config.make_config("voc_paper", {"global_batch": "16", "lr_scaling": "linear"})
     assert big.learning_rate() == pytest.approx(1e-3 * 16 / 10)
     assert cfg.digest() != big.digest()
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "data", "config_v1")
+
+
+@pytest.mark.parametrize("preset,sets", [("synthetic_demo", {"seed": "0"}), ("voc_paper", {}),
+                                         ("tiny_test", {"attention_steps": "60", "crf_label_margin": "3"})])
+def test_configs_saved_flat_by_earlier_versions_still_load(preset, sets):
+    """config.json files as the flat Config wrote them load to today's config, whose flat
+    settings and digest are exactly theirs."""
+    path = os.path.join(FIXTURES, f"{preset}.json")
+    cfg = config.make_config(preset, sets)
+    assert config.load_saved(path) == cfg
+    assert cfg.flat() == json.load(open(path))
+    assert cfg.digest() == json.load(open(os.path.join(FIXTURES, "digests.json")))[preset]
+
+
+def test_sections_dotted_and_flat_names(tmp_path):
+    cfg = config.make_config("voc_paper", config.parse_overrides(["crf.iterations=5", "attention_steps=300",
+                                                                  "crf_label_margin=2", "model.output_stride=16"]))
+    assert cfg.crf.iterations == cfg.crf_iterations == 5 and cfg.crf.label_margin == 2.0
+    assert cfg.schedule.attention_steps == cfg.attention_steps == 300 and cfg.model.output_stride == 16
+    saved = json.loads(cfg.to_json())
+    assert saved["crf"]["iterations"] == 5 and saved["schedule"]["attention_steps"] == 300 and "crf_iterations" not in saved
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json())
+    assert config.load_saved(str(path)) == cfg
+    # a --config-file may be in sections too, and names what it sets
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps({"crf": {"iterations": 3}, "num_classes": 5}))
+    assert config.make_config("voc_paper", config_file=str(given)).crf_iterations == 3
+    assert config.explicit_settings(["crf.label_margin=1"], str(given)) == {"crf_iterations", "num_classes",
+                                                                           "crf_label_margin"}
+
+
+@pytest.mark.parametrize("key,closest", [("crf.iteration", "crf.iterations"), ("atention_steps", "attention_steps"),
+                                         ("model.outputstride", "model.output_stride")])
+def test_an_unknown_name_says_the_closest(key, closest):
+    with pytest.raises(ValueError, match=f"unknown setting '{re.escape(key)}'; did you mean {re.escape(closest)}"):
+        config.make_config("voc_paper", {key: "1"})
+
+
+def test_each_section_checks_itself():
+    with pytest.raises(ValueError, match="crf_iterations must be >= 0"):
+        config.CRFConfig(iterations=-1)
+    with pytest.raises(ValueError, match="max_scale"):
+        config.InputConfig(min_scale=1.2, max_scale=1.0)
+    with pytest.raises(ValueError, match="stall_timeout must be >= 0"):
+        config.make_config("tiny_test", {"run.stall_timeout": "-1"})
+    assert config.make_config("voc_paper").crf == config.CRFConfig()     # the CRF takes its section as it is
+
+
+def test_presets_are_one_file_each():
+    assert set(config.PRESETS) == {"voc_paper", "synthetic_demo", "tiny_test"}
+    for name in config.PRESETS:
+        module = importlib.import_module(f"dcsp_dist.configs.{name}")
+        assert len(module.__doc__) > 100 and config.preset(name).name == name

@@ -1,4 +1,3 @@
-import dataclasses
 
 import keras
 import numpy as np
@@ -25,7 +24,7 @@ def test_parameter_count_and_output_stride_8(full_model):
 
 
 def test_backbone_at_stride_32_equals_keras_resnet101(full_model):
-    cfg = dataclasses.replace(config.make_config("voc_paper"), output_stride=32)
+    cfg = config.make_config("voc_paper").replace(output_stride=32)
     model = build_model(cfg)
     reference = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(None, None, 3))
     rng = np.random.default_rng(0)
@@ -66,7 +65,7 @@ def test_caffe_export_import_round_trip(tmp_path, suffix):
         v.assign(np.abs(value) + 0.5 if "variance" in v.path else value)
     path = str(tmp_path / f"weights{suffix}")
     write_caffe_file(export_caffe_dict(source), path)
-    target = build_model(dataclasses.replace(TINY, seed=9))
+    target = build_model(TINY.replace(seed=9))
     loaded = load_caffe_dict(target, path)
     assert "conv1" in loaded and "bn_conv1" in loaded and "fc1_voc12_d0" in loaded
     x = rng.normal(0, 30, (1, 64, 64, 3)).astype(np.float32)
@@ -74,7 +73,7 @@ def test_caffe_export_import_round_trip(tmp_path, suffix):
     # Conv biases are folded into the BN means: equal up to float rounding.
     np.testing.assert_allclose(a["segmentation"], b["segmentation"], atol=1e-4)
     # A model that came from Caffe (zero conv biases) round-trips bit for bit.
-    again = build_model(dataclasses.replace(TINY, seed=5))
+    again = build_model(TINY.replace(seed=5))
     load_caffe_dict(again, export_caffe_dict(target))
     np.testing.assert_array_equal(target(x)["segmentation"], again(x)["segmentation"])
     assert set(read_caffe_file(path)) == set(export_caffe_dict(target))
@@ -105,7 +104,7 @@ def test_caffe_names_follow_msra_convention(full_model):
 
 
 def test_mixed_precision_keeps_float32_outputs():
-    model = build_model(dataclasses.replace(TINY, mixed_precision="bfloat16"))
+    model = build_model(TINY.replace(mixed_precision="bfloat16"))
     out = model(np.zeros((1, 64, 64, 3), np.float32))
     assert out["segmentation"].dtype == "float32" and out["attention"].dtype == "float32"
 
@@ -127,7 +126,7 @@ def test_imagenet_weights_from_a_local_file_load_by_layer_name(tmp_path, full_mo
 def test_group_norm_backbone_trains_its_norms_without_decay():
     """From scratch there are no batch-norm statistics to freeze: group norm, trained (x1),
     no batch norm left, and only conv kernels in the L2 term."""
-    model = build_model(dataclasses.replace(TINY, normalization="group_norm"))
+    model = build_model(TINY.replace(normalization="group_norm"))
     layers = backbone(model).layers
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
     norms = [layer for layer in layers if isinstance(layer, keras.layers.GroupNormalization)]
@@ -142,4 +141,4 @@ def test_group_norm_backbone_trains_its_norms_without_decay():
 
 def test_group_norm_refuses_imagenet_weights():
     with pytest.raises(ValueError, match="group_norm cannot take the ImageNet weights"):
-        dataclasses.replace(TINY, normalization="group_norm", init_weights="imagenet")
+        TINY.replace(normalization="group_norm", init_weights="imagenet")

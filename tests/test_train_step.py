@@ -1,5 +1,4 @@
 """Single-process checks of the training step (one Horovod rank, no launcher needed)."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ def test_xla_step_equals_plain_step():
     cfg = config.make_config("tiny_test")
     results = []
     for xla in (False, True):
-        trainer = StageTrainer("segmentation", dataclasses.replace(cfg, xla=xla))
+        trainer = StageTrainer("segmentation", cfg.replace(xla=xla))
         losses = trainer.step(_batch(cfg)).numpy()
         results.append((losses, [np.asarray(v) for v in trainer.model.trainable_weights]))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)

@@ -93,7 +93,7 @@ def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tm
         copy = tmp_path / "run"
         shutil.copytree(workdir, copy)
         cfg = json.load(open(copy / "segmentation_adapted" / "config.json"))
-        cfg["num_classes"] = 5
+        cfg["model"]["num_classes"] = 5
         json.dump(cfg, open(copy / "segmentation_adapted" / "config.json", "w"))
         checkpoint = str(copy)
     else:

@@ -51,7 +51,7 @@ def test_three_class_tag_list_end_to_end(synth_voc, tmp_path):
     log = run_ranks(2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test", "--data", str(records),
                     "--workdir", str(workdir)).stdout
     assert "round" in log and "tvmonitor" not in log                       # cue table: the data's names
-    assert json.load(open(workdir / "attention" / "config.json"))["num_classes"] == 4
+    assert json.load(open(workdir / "attention" / "config.json"))["model"]["num_classes"] == 4
     run_ranks(2, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir), "--data", str(records), "--split", "val",
               "--out", str(tmp_path / "eval"))
     result = json.load(open(tmp_path / "eval" / "results.json"))
@@ -105,7 +105,7 @@ def test_coco_fixture_end_to_end(synth_voc, tmp_path):
     log = run_ranks(2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test", "--data", str(records),
                     "--workdir", str(workdir)).stdout
     assert "aeroplane" not in log and "[segmentation_adapted] done" in log
-    assert json.load(open(workdir / "attention" / "config.json"))["num_classes"] == 4
+    assert json.load(open(workdir / "attention" / "config.json"))["model"]["num_classes"] == 4
     table = run_ranks(2, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir), "--data", str(records),
                       "--split", "val", "--out", str(tmp_path / "eval")).stdout
     assert "bottle" in table and "dog" in table and "aeroplane" not in table
