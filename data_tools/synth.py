@@ -20,7 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dcsp_dist.voc import CLASS_NAMES, palette
+from data_tools.sources.voc import CLASS_NAMES
+from dcsp_dist.palette import palette
 
 # class id -> (shape, base RGB colour, texture)
 CLASSES = {

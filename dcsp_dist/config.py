@@ -24,8 +24,6 @@ import pkgutil
 import typing
 from typing import Any
 
-from dcsp_dist.voc import NUM_CLASSES
-
 OBJECTIVES = ("authors_code", "paper_text")
 
 
@@ -60,7 +58,7 @@ class _Section:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Section):
     """The network (spec 2)."""
-    num_classes: int = NUM_CLASSES        # training sizes it from the records' class list (see with_classes)
+    num_classes: int = 0                  # 0: from the records' class list (training sizes it: with_classes)
     blocks: tuple = (3, 4, 23, 3)         # ResNet-101
     base_width: int = 64                  # filters of the first stage's bottleneck
     output_stride: int = 8
@@ -69,11 +67,14 @@ class ModelConfig(_Section):
     head_init_std: float = 0.01
     mixed_precision: str = "float32"      # "float32", "bfloat16" or "float16" (GPU)
     xla: bool = False
-    AT_LEAST = {"num_classes": 2, "base_width": 1}
+    AT_LEAST = {"base_width": 1}
     POSITIVE = ("head_init_std",)
     CHOICES = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16")}
 
     def check(self) -> None:
+        if self.num_classes == 1 or self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 2 (background and one class), or 0 to take it from the "
+                             f"records, not {self.num_classes}")
         if self.normalization not in ("frozen_batch_norm", "group_norm"):
             raise ValueError(f"normalization must be frozen_batch_norm or group_norm, not {self.normalization!r}")
         if self.normalization == "group_norm" and self.init_weights == "imagenet":

@@ -14,7 +14,8 @@ import os
 import tensorflow as tf
 
 from dcsp_dist import records
-from dcsp_dist.voc import BGR_MEAN, IGNORE_LABEL
+from dcsp_dist.models.inputs import BGR_MEAN, preprocess_image  # noqa: F401  (the models' input contract)
+from dcsp_dist.records import IGNORE_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Pad value per kind of per-pixel map: labels are ignored (spec 1 fix), saliency is 0.
@@ -23,7 +24,7 @@ PAD_VALUES = {"cue": IGNORE_LABEL, "mask": IGNORE_LABEL, "saliency": 0}
 
 # ----------------------------------------------------------------------------- decode
 def decode(serialized, has_saliency: bool = True, has_mask: bool = False,
-           decode_image: bool = True, num_tags: int = records.NUM_TAGS) -> dict:
+           decode_image: bool = True, *, num_tags: int) -> dict:
     """A serialized record -> dict of uint8 images/maps at full size and tag tensors.
 
     Keys: id (string), image [H, W, 3] uint8 RGB, tags [num_tags] float32 multi-hot,
@@ -50,12 +51,6 @@ def decode(serialized, has_saliency: bool = True, has_mask: bool = False,
 def decode_cue(serialized) -> dict:
     ex = tf.io.parse_single_example(serialized, records.cue_feature_spec())
     return {"id": ex["id"], "cue": tf.io.decode_png(ex["cue/encoded"], channels=1)[..., 0]}
-
-
-def preprocess_image(image_rgb) -> tf.Tensor:
-    """uint8 RGB [..., 3] -> float32 BGR minus the Caffe mean (spec 1)."""
-    bgr = tf.reverse(tf.cast(image_rgb, tf.float32), axis=[-1])
-    return bgr - tf.constant(BGR_MEAN, tf.float32)
 
 
 def network_input(crops, valid) -> tf.Tensor:

@@ -60,7 +60,7 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     ``window > 0`` runs the network on windows of that size at every scale
     (``windowed_outputs``, ``Config.inference_window``); 0 on the whole image.
     """
-    from dcsp_dist.data import preprocess_image
+    from dcsp_dist.models.inputs import preprocess_image
 
     scales = tuple(float(s) for s in scales)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from dcsp_dist.geometry import labels_at_outputs
-from dcsp_dist.voc import IGNORE_LABEL
+from dcsp_dist.records import IGNORE_LABEL
 
 
 def classification_loss(attention, tags):

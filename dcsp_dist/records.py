@@ -1,7 +1,8 @@
 """The TFRecord schema shared by data_tools (writer) and the input pipeline (reader).
 
 One split = ``<split>-00000-of-000NN.tfrecord`` shards + ``<split>.manifest.json``.
-Per example: id, the JPEG bytes as on disk, height, width, tags (ids + 20-dim multi-hot),
+Per example: id, the JPEG bytes as on disk, height, width, tags (ids + a multi-hot over the
+manifest's object classes, ``num_tags(manifest)``),
 saliency as a uint8 PNG and the class-index mask as a PNG (empty bytes when absent).
 Cue shards written by training (``<split>-0000i-of-000NN.cues.tfrecord``) hold the same
 ids in the same order, one cue shard per image shard.
@@ -14,7 +15,8 @@ import os
 from typing import Iterable
 
 SCHEMA_VERSION = 1
-NUM_TAGS = 20
+# In masks and cues, 255 marks pixels that no loss or metric counts (spec 1); class ids are 0..254.
+IGNORE_LABEL = 255
 
 
 def shard_name(split: str, index: int, count: int, suffix: str = "tfrecord") -> str:
@@ -33,7 +35,7 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def multi_hot(tag_ids: Iterable[int], num_tags: int = NUM_TAGS) -> list[float]:
+def multi_hot(tag_ids: Iterable[int], num_tags: int) -> list[float]:
     """Class ids 1..num_tags -> a multi-hot vector of length num_tags (background excluded)."""
     vec = [0.0] * num_tags
     for t in tag_ids:
@@ -42,7 +44,7 @@ def multi_hot(tag_ids: Iterable[int], num_tags: int = NUM_TAGS) -> list[float]:
 
 
 def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list[int],
-                 saliency_png: bytes = b"", mask_png: bytes = b"", num_tags: int = NUM_TAGS):
+                 saliency_png: bytes = b"", mask_png: bytes = b"", *, num_tags: int):
     """A serialized tf.train.Example of schema SCHEMA_VERSION."""
     import tensorflow as tf
 
@@ -65,7 +67,7 @@ def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def feature_spec(num_tags: int = NUM_TAGS):
+def feature_spec(num_tags: int):
     """The record schema; ``num_tags`` = the manifest's class count - 1 (background)."""
     import tensorflow as tf
     return {

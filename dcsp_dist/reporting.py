@@ -24,7 +24,7 @@ def visualise(model, batch, stride: int, space: str = "logits"):
     import tensorflow as tf
 
     from dcsp_dist import data, geometry
-    from dcsp_dist.voc import color_map
+    from dcsp_dist.palette import color_map
 
     cmap = color_map()
     image = batch["image"][0].numpy()

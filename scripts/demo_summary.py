@@ -48,7 +48,7 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
 
     from dcsp_dist import crf, cues
     from dcsp_dist.inference import load_for_inference, make_multiscale_fn, probability_fn_for
-    from dcsp_dist.voc import color_map
+    from dcsp_dist.palette import color_map
 
     cmap = color_map()
     attention, cfg, _ = load_for_inference(os.path.join(run, "attention"))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from data_tools.coco import paint_mask, read_coco
+from data_tools.sources.coco import paint_mask, read_coco
 from tests.coco_fixture import CAT_TO_LABEL, NAMES, VOC_TO_CAT, write_coco
 from tests.hvd import run_python
 

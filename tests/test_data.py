@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_tools import build, sources, verify
 from dcsp_dist import config, data, records
-from dcsp_dist.voc import BGR_MEAN
+from dcsp_dist.models.inputs import BGR_MEAN
 
 CFG = config.make_config("tiny_test")
 
@@ -20,7 +20,7 @@ def _ids(voc, split):
 
 def _all_records(directory, split):
     manifest = records.read_manifest(str(directory), split)
-    return [data.decode(s, manifest["has_saliency"], manifest["has_mask"])
+    return [data.decode(s, manifest["has_saliency"], manifest["has_mask"], num_tags=records.num_tags(manifest))
             for s in tf.data.TFRecordDataset(records.shard_files(str(directory), manifest))]
 
 
@@ -33,7 +33,7 @@ def test_round_trip_equals_source_files(synth_voc, synth_records):
     raw = tf.data.TFRecordDataset(records.shard_files(str(synth_records), manifest))
     for ex, serialized in zip(examples, raw):
         image_id = ex["id"].numpy().decode()
-        parsed = tf.io.parse_single_example(serialized, records.feature_spec())
+        parsed = tf.io.parse_single_example(serialized, records.feature_spec(records.num_tags(manifest)))
         assert parsed["image/encoded"].numpy() == (synth_voc / "JPEGImages" / f"{image_id}.jpg").read_bytes()
         saliency = np.asarray(Image.open(synth_voc / "Saliency" / f"{image_id}.png"))
         assert np.abs(ex["saliency"].numpy().astype(int) - saliency).max() <= 1
@@ -234,8 +234,8 @@ def test_crop_decode_equals_full_decode(synth_records):
     cfg = config.make_config("tiny_test", {"crop_size": "48", "min_scale": "0.6", "max_scale": "1.5"})
     for i, s in enumerate(tf.data.TFRecordDataset(files[:1]).take(6)):
         seed = tf.constant([3, i], tf.int64)
-        full = data.augment(data.decode(s, True, False), cfg, seed, maps=("saliency",))
-        lazy = data.augment(data.decode(s, True, False, decode_image=False), cfg, seed, maps=("saliency",))
+        full = data.augment(data.decode(s, True, False, num_tags=20), cfg, seed, maps=("saliency",))
+        lazy = data.augment(data.decode(s, True, False, decode_image=False, num_tags=20), cfg, seed, maps=("saliency",))
         np.testing.assert_array_equal(full["valid"].numpy(), lazy["valid"].numpy())
         np.testing.assert_array_equal(full["saliency"].numpy(), lazy["saliency"].numpy())
         # libjpeg upsamples chroma without the neighbours outside the window, so the
@@ -250,9 +250,9 @@ def test_eager_and_tf_data_agree(synth_records):
     files = records.shard_files(str(synth_records), manifest)
     serialized = list(tf.data.TFRecordDataset(files[:1]).take(3))
     seed = tf.constant([5, 1], tf.int64)
-    eager = [data.augment(data.decode(s, True, True), CFG, seed, maps=("saliency", "mask")) for s in serialized]
+    eager = [data.augment(data.decode(s, True, True, num_tags=20), CFG, seed, maps=("saliency", "mask")) for s in serialized]
     pipeline = tf.data.Dataset.from_tensor_slices(tf.stack(serialized)).map(
-        lambda s: data.augment(data.decode(s, True, True), CFG, seed, maps=("saliency", "mask")))
+        lambda s: data.augment(data.decode(s, True, True, num_tags=20), CFG, seed, maps=("saliency", "mask")))
     for a, b in zip(eager, pipeline):
         for key in ("image", "saliency", "mask", "tags"):
             np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4)

@@ -7,7 +7,7 @@ import tensorflow as tf
 from dcsp_dist import config, geometry, losses
 from dcsp_dist.inference import make_multiscale_fn
 from dcsp_dist.models import build_model
-from dcsp_dist.voc import BGR_MEAN
+from dcsp_dist.models.inputs import BGR_MEAN
 
 SIZES = [(113, 161), (112, 160), (117, 150), (96, 105)]   # 8k+1, 8k, odd/even mixes
 

@@ -34,7 +34,8 @@ from dcsp_dist.config import (
 def get_config() -> Config:
     return Config(
         name="synthetic_demo",
-        model=ModelConfig(blocks=(1, 1, 1, 1), base_width=16, init_weights="none", head_init_std=0.01),
+        # the synthetic set's classes (data_tools.synth): background + 20 (VOC's names)
+        model=ModelConfig(num_classes=21, blocks=(1, 1, 1, 1), base_width=16, init_weights="none", head_init_std=0.01),
         input=InputConfig(crop_size=113, min_scale=0.75, max_scale=1.25, shuffle_buffer=200),
         optimizer=OptimizerConfig(global_batch=10, base_lr=1e-2, segmentation_base_lr=3e-3),
         schedule=ScheduleConfig(attention_steps=400, segmentation_steps=600, adapt_segmentation_steps=400,

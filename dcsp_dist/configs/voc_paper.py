@@ -6,10 +6,15 @@ Launch: ``horovodrun -np 10 python -m dcsp_dist.train --stage all --config voc_p
 Expected: 60.8 mIoU on VOC 2012 val with CRF, 61.9 on test.
 
 Every default of ``dcsp_dist.config`` is the paper's (or the authors' code's, where the two
-differ: docs/conformance.md), so this preset changes nothing.
+differ: docs/conformance.md); this preset adds VOC's class count, background plus 20 object
+classes (the records' class list decides it when training; see Config.with_classes).
 """
-from dcsp_dist.config import Config
+from dcsp_dist.config import Config, ModelConfig
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 
 
 def get_config() -> Config:
-    return Config()
+    return Config(model=ModelConfig(num_classes=len(VOC_CLASSES)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcsp_dist import voc
+from dcsp_dist import palette
 from tests.hvd import run_python, run_ranks
 
 
@@ -61,11 +61,11 @@ def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, 
     run_ranks(2, "-m", "dcsp_dist.predict", "--checkpoint", str(workdir), "--data", str(synth_records),
               "--split", "val", "--out", str(out), "--overlays", "--no-crf")
     masks = sorted((out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls").glob("*.png"))
-    assert len(masks) == 7
+    assert len(masks) == 7 and json.load(open(synth_records / "val.manifest.json"))["source"] == "voc"   # --layout auto
     for path in masks:
         image = Image.open(path)
         assert image.mode == "P"
-        assert image.getpalette()[:63] == voc.palette()[:63]
+        assert image.getpalette()[:63] == palette.palette()[:63]
         assert np.asarray(image).max() < 21
     assert (out / "results.tar.gz").stat().st_size > 0
     assert len(list((out / "overlays").glob("*.jpg"))) == 7

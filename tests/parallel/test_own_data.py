@@ -57,6 +57,17 @@ def test_three_class_tag_list_end_to_end(synth_voc, tmp_path):
     result = json.load(open(tmp_path / "eval" / "results.json"))
     assert list(result["iou"]) == ["background"] + CLASSES
     assert np.asarray(result["confusion_matrix"]).shape == (4, 4)
+    # masks of your own images come out as <out>/<id>.png (not the VOC server's tree), unless asked
+    assert manifest["source"] == "tag_list"
+    val_ids = sorted(line.split("\t")[0].rsplit("/", 1)[1][:-4] for line in (tmp_path / "val.tsv").read_text().splitlines())
+    for layout, where in (("auto", tmp_path / "masks_out"), ("voc", tmp_path / "masks_voc" / "results" / "VOC2012" /
+                                                             "Segmentation" / "comp6_test_cls")):
+        out = where if layout == "auto" else tmp_path / "masks_voc"
+        run_ranks(2, "-m", "dcsp_dist.predict", "--checkpoint", str(workdir), "--data", str(records), "--split", "val",
+                  "--out", str(out), "--no-crf", "--layout", layout)
+        assert sorted(p.stem for p in where.glob("*.png")) == val_ids
+        assert all(np.asarray(Image.open(p)).max() < 4 for p in where.glob("*.png"))
+        assert (out / "results.tar.gz").exists() == (layout == "voc") and (out / "results").exists() == (layout == "voc")
 
 
 def test_tag_list_bad_inputs_are_reported_and_nothing_is_written(synth_voc, tmp_path):

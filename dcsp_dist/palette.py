@@ -1,18 +1,8 @@
-"""PASCAL VOC 2012 constants: class names, the Caffe mean and the colour map."""
+"""The colour map of class-index PNGs (masks, cues, predictions): the PASCAL VOC devkit's,
+which gives any class id its own colour, so it serves every dataset."""
 from __future__ import annotations
 
 import numpy as np
-
-# Index = class id; 0 is background, 255 is "ignore" in ground-truth masks (spec 1).
-CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)
-NUM_CLASSES = len(CLASS_NAMES)  # 21
-IGNORE_LABEL = 255
-# Caffe mean in BGR order (spec 1).
-BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
 
 
 def color_map(n: int = 256) -> np.ndarray:

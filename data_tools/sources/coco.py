@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from data_tools.sources import class_names_problem, load_files
+from data_tools.sources.base import Source, SourceError, class_names_problem, load_files
 
 
-class CocoError(ValueError):
+class CocoError(SourceError):
     """The annotation file cannot be used (one line naming the file and what is wrong)."""
 
 
@@ -116,3 +116,32 @@ def load_coco_item(images: str, key: dict, role: str, saliency_dir: str | None =
         problems.append(f"{key['file_name']}: the image is {item['width']}x{item['height']}, the annotations "
                         f"say {key['width']}x{key['height']}")
     return item
+
+
+class CocoSource(Source):
+    """An instances file and the folder of its images."""
+    NAME, FLAG, COMPANIONS = "coco", "--coco-annotations", ("--images",)
+    TITLE = "MS COCO: --coco-annotations with --images (and --split)"
+
+    def __init__(self, annotations: str, images: str, saliency_dir: str | None = None):
+        if not images or not os.path.isdir(images):
+            why = f"; {images} is not a directory" if images else ""
+            raise SourceError(f"--coco-annotations needs --images DIR (the folder of its images){why}")
+        self.class_names, self.keys = read_coco(annotations)
+        self.ids = [os.path.splitext(k["file_name"])[0] for k in self.keys]
+        self.root, self.saliency_dir = os.path.abspath(images), saliency_dir
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        group.add_argument("--coco-annotations", help="COCO instances JSON (e.g. annotations/instances_train2014.json)")
+        group.add_argument("--images", help="with --coco-annotations: the folder of the file's images")
+
+    @classmethod
+    def from_args(cls, args) -> CocoSource:
+        if not args.split:
+            raise SourceError("--coco-annotations needs --split (e.g. train or val)")
+        return cls(args.coco_annotations, args.images, args.saliency_dir)
+
+    def load(self, key, role: str) -> dict:
+        return load_coco_item(self.root, key, role=role, saliency_dir=self.saliency_dir,
+                              num_classes=len(self.class_names))
