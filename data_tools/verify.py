@@ -17,66 +17,78 @@ import numpy as np
 
 def verify_split(directory: str, split: str) -> tuple[int, list[str]]:
     """(examples checked, problems) for one split."""
-    import tensorflow as tf
-
     from dcsp_dist import records
 
-    problems: list[str] = []
     try:
         manifest = records.read_manifest(directory, split, check_files=False)
     except records.DataError as exc:
         return 0, [str(exc)]
-    total = 0
-    spec = records.feature_spec(records.num_tags(manifest))
-    for shard in manifest["shards"]:
-        path = os.path.join(directory, shard["file"])
-        if not os.path.isfile(path):
-            problems.append(f"{path}: missing")
-            continue
-        if records.sha256_file(path) != shard["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest")
-        count = 0
-        try:
-            for serialized in tf.data.TFRecordDataset(path):
-                count += 1
-                ex = tf.io.parse_single_example(serialized, spec)
-                image_id = ex["id"].numpy().decode()
-                h, w = int(ex["image/height"]), int(ex["image/width"])
-                try:
-                    image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
-                except tf.errors.InvalidArgumentError as exc:
-                    problems.append(f"{path}: {image_id}: image does not decode ({exc.message})")
-                    continue
-                if tuple(image.shape[:2]) != (h, w):
-                    problems.append(f"{path}: {image_id}: image is {image.shape[1]}x{image.shape[0]}, record says {w}x{h}")
-                tags = ex["tags/ids"].values.numpy()
-                if tags.size and (tags.min() < 1 or tags.max() > records.num_tags(manifest)):
-                    problems.append(f"{path}: {image_id}: tag ids {tags.tolist()} outside 1..{records.num_tags(manifest)}")
-                hot = ex["tags/multi_hot"].numpy()
-                if sorted(np.flatnonzero(hot) + 1) != sorted(tags.tolist()):
-                    problems.append(f"{path}: {image_id}: multi-hot tags disagree with tag ids")
-                for key, present in (("saliency", manifest["has_saliency"]), ("mask", manifest["has_mask"])):
-                    data = ex[f"{key}/encoded"].numpy()
-                    if not present:
-                        continue
-                    if not data:
-                        problems.append(f"{path}: {image_id}: no {key}, the manifest says the split has them")
-                        continue
-                    try:
-                        m = tf.io.decode_png(data)
-                    except tf.errors.InvalidArgumentError as exc:
-                        problems.append(f"{path}: {image_id}: {key} does not decode ({exc.message})")
-                        continue
-                    if tuple(m.shape[:2]) != (h, w):
-                        problems.append(f"{path}: {image_id}: {key} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}")
-        except tf.errors.DataLossError as exc:
-            problems.append(f"{path}: corrupt TFRecord ({exc.message})")
-        if count != shard["num_examples"]:
-            problems.append(f"{path}: {count} examples, manifest says {shard['num_examples']}")
-        total += count
+    problems: list[str] = []
+    total = sum(_verify_shard(directory, shard, manifest, problems) for shard in manifest["shards"])
     if total != manifest["num_examples"]:
         problems.append(f"split {split}: {total} examples, manifest says {manifest['num_examples']}")
     return total, problems
+
+
+def _verify_shard(directory: str, shard: dict, manifest: dict, problems: list) -> int:
+    """Check one shard file against its manifest entry; returns the examples read."""
+    import tensorflow as tf
+
+    from dcsp_dist import records
+    path = os.path.join(directory, shard["file"])
+    if not os.path.isfile(path):
+        problems.append(f"{path}: missing")
+        return 0
+    if records.sha256_file(path) != shard["sha256"]:
+        problems.append(f"{path}: sha256 differs from the manifest")
+    spec, count = records.feature_spec(records.num_tags(manifest)), 0
+    try:
+        for serialized in tf.data.TFRecordDataset(path):
+            count += 1
+            problems.extend(f"{path}: {line}" for line in _example_problems(tf.io.parse_single_example(serialized, spec),
+                                                                             manifest))
+    except tf.errors.DataLossError as exc:
+        problems.append(f"{path}: corrupt TFRecord ({exc.message})")
+    if count != shard["num_examples"]:
+        problems.append(f"{path}: {count} examples, manifest says {shard['num_examples']}")
+    return count
+
+
+def _example_problems(ex, manifest: dict) -> list[str]:
+    """What is wrong with one parsed example: image, tags, saliency and mask against the
+    recorded size and the manifest's class count."""
+    import tensorflow as tf
+
+    from dcsp_dist import records
+    image_id = ex["id"].numpy().decode()
+    h, w = int(ex["image/height"]), int(ex["image/width"])
+    try:
+        image = tf.io.decode_jpeg(ex["image/encoded"], channels=3)
+    except tf.errors.InvalidArgumentError as exc:
+        return [f"{image_id}: image does not decode ({exc.message})"]
+    out = []
+    if tuple(image.shape[:2]) != (h, w):
+        out.append(f"{image_id}: image is {image.shape[1]}x{image.shape[0]}, record says {w}x{h}")
+    tags, num_tags = ex["tags/ids"].values.numpy(), records.num_tags(manifest)
+    if tags.size and (tags.min() < 1 or tags.max() > num_tags):
+        out.append(f"{image_id}: tag ids {tags.tolist()} outside 1..{num_tags}")
+    if sorted(np.flatnonzero(ex["tags/multi_hot"].numpy()) + 1) != sorted(tags.tolist()):
+        out.append(f"{image_id}: multi-hot tags disagree with tag ids")
+    for key, present in (("saliency", manifest["has_saliency"]), ("mask", manifest["has_mask"])):
+        data = ex[f"{key}/encoded"].numpy()
+        if not present:
+            continue
+        if not data:
+            out.append(f"{image_id}: no {key}, the manifest says the split has them")
+            continue
+        try:
+            m = tf.io.decode_png(data)
+        except tf.errors.InvalidArgumentError as exc:
+            out.append(f"{image_id}: {key} does not decode ({exc.message})")
+            continue
+        if tuple(m.shape[:2]) != (h, w):
+            out.append(f"{image_id}: {key} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}")
+    return out
 
 
 def main(argv=None) -> int:
