@@ -84,10 +84,15 @@ def _unreadable(prefix: str, what: str, why: str) -> str:
 
 
 def restore_model(model, prefix: str, what: str) -> None:
-    """Load ``model``'s weights from ``prefix``, or raise CheckpointError naming it."""
-    check(prefix, what)
+    """Load ``model``'s weights from ``prefix``, or raise CheckpointError naming it. The read
+    is the check (one read, of the weights only: the optimizer's slots are not needed, and
+    every tensor read is checksummed); a failed read may leave some weights assigned, and
+    the error ends the job."""
     import tensorflow as tf
-    tf.train.Checkpoint(model=model).read(prefix).expect_partial()
+    try:
+        tf.train.Checkpoint(model=model).read(prefix).expect_partial()
+    except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
+        raise CheckpointError(_unreadable(prefix, what, _first_line(exc))) from None
 
 
 def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
@@ -163,7 +168,7 @@ class StageCheckpoints:
     and the newest one, around ``tf.train.CheckpointManager``."""
 
     def __init__(self, model, optimizer, directory: str, keep: int):
-        self.model, self.directory = model, os.path.join(directory, "ckpt")
+        self.directory = os.path.join(directory, "ckpt")
         self.checkpoint = _tf().train.Checkpoint(model=model, optimizer=optimizer)
         self.keep = keep
         self.manager = None

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dcsp_dist import distributed
 from dcsp_dist import workdir as layout
 
+# The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name.
+_AGREED_ERRORS = {"ValueError": ValueError, "OSError": OSError}
+
 
 class FixedWorld:
     """A job whose ranks stay the same from start to end."""
@@ -54,10 +57,10 @@ class FixedWorld:
             try:
                 value = compute()
             except (ValueError, OSError) as exc:
-                failure = (type(exc) is not ValueError and isinstance(exc, OSError), str(exc))
+                failure = ("OSError" if isinstance(exc, OSError) else "ValueError", str(exc))
         value, failure = distributed.broadcast_object((value, failure))
         if failure:
-            raise (OSError if failure[0] else ValueError)(failure[1])
+            raise _AGREED_ERRORS[failure[0]](failure[1])
         return value
 
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
