@@ -64,7 +64,7 @@ def make_example(image_id: str, jpeg: bytes, height: int, width: int, tags: list
         "saliency/encoded": b(saliency_png),
         "mask/encoded": b(mask_png),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def feature_spec(num_tags: int):
@@ -86,7 +86,7 @@ def make_cue_example(image_id: bytes, cue_png: bytes):
     import tensorflow as tf
     feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
                "cue/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[cue_png]))}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def cue_feature_spec():
