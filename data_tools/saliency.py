@@ -170,11 +170,7 @@ def image_jobs(images: str, list_file: str | None, out_dir: str) -> list[tuple[s
     return [(os.path.join(images, n), os.path.join(out_dir, s + ".png")) for s, n in stems.items()]
 
 
-def main(argv=None) -> int:
-    from tqdm import tqdm
-
-    from data_tools.sources import check_root_and_list, read_id_list
-
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m data_tools.saliency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="VOC-layout directory with JPEGImages/ (with --split-list)")
@@ -185,40 +181,70 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", help="default: <root>/Saliency (required with --images)")
     parser.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
                         help=f"built-in detector, when no --model is given (default: {DEFAULT_DETECTOR})")
-    parser.add_argument("--model", help="Keras model file or SavedModel directory (instead of --detector)")
+    parser.add_argument("--model", help="an .onnx file (onnxruntime), a Keras model file or a SavedModel "
+                                        "directory (instead of --detector)")
     parser.add_argument("--model-input", choices=("255", "unit"), default="255",
-                        help="pixel range the model expects: 0..255 (default) or 0..1")
+                        help="Keras/SavedModel: pixel range the model expects, 0..255 (default) or 0..1")
+    onnx = parser.add_argument_group("ONNX models (--model X.onnx): a preset, and flags that override it")
+    onnx.add_argument("--model-preset", default="generic",
+                      help="generic (default), u2net, isnet, basnet or birefnet: input size, normalisation and "
+                           "output as the family publishes them (data_tools/onnx_saliency.py)")
+    onnx.add_argument("--input-size", help="HxW the network takes (default: the preset's, else the model's)")
+    onnx.add_argument("--mean", help="R,G,B subtracted after scaling")
+    onnx.add_argument("--std", help="R,G,B divided by after the mean")
+    onnx.add_argument("--input-range", choices=("255", "max"), help="scale RGB by 1/255 or by 1/the image's max")
+    onnx.add_argument("--output-index", type=int, help="which output holds the map (default 0)")
+    onnx.add_argument("--sigmoid", action=argparse.BooleanOptionalAction, default=None, help="the output is logits")
+    onnx.add_argument("--minmax", action=argparse.BooleanOptionalAction, default=None,
+                      help="stretch each map to 0..1")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that exist")
     parser.add_argument("--workers", type=int, default=None, help="processes for the built-in detector")
     args = parser.parse_args(argv)
     if bool(args.root) == bool(args.images):
         parser.error("give --root with --split-list (VOC layout) or --images DIR")
+    if args.images and not args.out_dir:
+        parser.error("--images needs --out-dir")
+    if args.root and not args.split_list:
+        parser.error("--root needs --split-list")
+    return args
+
+
+def _jobs(args) -> tuple[list, str]:
+    """(image, map) pairs and the output folder; ValueError naming the flag when unusable."""
+    from data_tools.sources import check_root_and_list, read_id_list
     if args.images:
-        if not args.out_dir:
-            parser.error("--images needs --out-dir")
-        out_dir = args.out_dir
-        try:
-            jobs = image_jobs(args.images, args.list, out_dir)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        if not args.split_list:
-            parser.error("--root needs --split-list")
-        problem = check_root_and_list(args.root, args.split_list)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        out_dir = args.out_dir or os.path.join(args.root, "Saliency")
-        jobs = [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
-                for i in read_id_list(args.split_list)]
+        return image_jobs(args.images, args.list, args.out_dir), args.out_dir
+    problem = check_root_and_list(args.root, args.split_list)
+    if problem:
+        raise ValueError(problem)
+    out_dir = args.out_dir or os.path.join(args.root, "Saliency")
+    return [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
+            for i in read_id_list(args.split_list)], out_dir
+
+
+def _model_detector(args):
+    """The --model detector: ONNX through onnxruntime, else Keras/SavedModel."""
+    if args.model.lower().endswith(".onnx"):
+        from data_tools import onnx_saliency
+        return onnx_saliency.OnnxDetector(args.model, onnx_saliency.convention_from(
+            args.model_preset, args.input_size, args.mean, args.std, args.input_range, args.output_index,
+            args.sigmoid, args.minmax))
+    return ModelDetector(args.model, args.model_input)
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+    args = parse_args(argv)
+    try:
+        jobs, out_dir = _jobs(args)
+        detector = _model_detector(args) if args.model else None
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        message = str(exc)
+        print(f"error: {message if message.startswith('--') else f'--model {args.model}: {message}'}",
+              file=sys.stderr)
+        return 2
     os.makedirs(out_dir, exist_ok=True)
-    if args.model:
-        try:
-            detector = ModelDetector(args.model, args.model_input)
-        except (FileNotFoundError, OSError, ValueError) as exc:
-            print(f"error: --model {args.model}: {exc}", file=sys.stderr)
-            return 2
+    if detector is not None:
         problems = [p for p in (_process(args.overwrite, job, detector)
                                 for job in tqdm(jobs, desc="saliency", unit="img")) if p]
     else:
