@@ -137,6 +137,19 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     return model, cfg, prefix
 
 
+def class_names_for(prefix: str, cfg) -> list[str]:
+    """The run's class list, saved beside the checkpoint's config.json (``classes.json``,
+    written by training); ``class <i>`` names for runs saved before it was."""
+    from dcsp_dist import workdir as layout
+    for directory in (os.path.dirname(os.path.dirname(os.path.abspath(prefix))),):
+        path = os.path.join(directory, "classes.json")
+        if os.path.isfile(path):
+            names = layout.read_json(path, "class list")["class_names"]
+            if len(names) == cfg.num_classes:
+                return list(names)
+    return ["background"] + [f"class {i}" for i in range(1, cfg.num_classes)]
+
+
 def probability_fn_for(model, cfg, scales=None):
     """``make_probability_fn`` with a run's settings: its eval_scales (or ``scales``), output
     stride, ``upsample_space`` and ``inference_window``."""

@@ -7,10 +7,10 @@ top, and their CRF worker processes (spawned) must start without loading TensorF
 from __future__ import annotations
 
 
-def add_job_arguments(parser, default_split: str) -> None:
+def add_job_arguments(parser, default_split: str, data_required: bool = True) -> None:
     """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
     parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
-    parser.add_argument("--data", required=True, help="TFRecords directory")
+    parser.add_argument("--data", required=data_required, help="TFRecords directory")
     parser.add_argument("--split", default=default_split)
     parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
     parser.add_argument("--scales", default=None, help="comma-separated, first is 1 (default: the run's eval_scales)")
@@ -74,7 +74,8 @@ class Job:
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else self.cfg.crf
-        self.stopped = False
+        self.stopped, self.unreadable = False, []
+        self.class_names = self.manifest["class_names"]
         self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 
     def results(self):
@@ -106,6 +107,86 @@ class Job:
                                        f"after {total} of {self.manifest['num_examples']} images; nothing written; "
                                        f"relaunch the same command")
         return int(total)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
+    """(stem, path) of every image of a folder (or of ``list_file``'s paths, relative to it),
+    sorted; ValueError naming the flag when unusable or when two files share a stem."""
+    import os
+    if not os.path.isdir(images):
+        raise ValueError(f"--images {images}: no such directory")
+    if list_file:
+        if not os.path.isfile(list_file):
+            raise ValueError(f"--list {list_file}: no such file")
+        with open(list_file) as fh:
+            names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
+    else:
+        names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise ValueError(f"--images {images}: no .jpg, .jpeg or .png files{' listed' if list_file else ' there'}")
+    stems: dict[str, str] = {}
+    for name in names:
+        stem = os.path.splitext(os.path.basename(name))[0]
+        if stem in stems:
+            raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
+        stems[stem] = name
+    return sorted((stem, os.path.join(images, name)) for stem, name in stems.items())
+
+
+class ImageJob(Job):
+    """``predict --images``: a folder of photos instead of records, shared over the ranks by
+    file; the same model, scales, window and CRF as a record job. An image that does not
+    decode is named (``unreadable``) and the rest are done."""
+
+    def __init__(self, args, ctx, out_dir: str, marker: str):
+        from dcsp_dist import crf_pool
+        from dcsp_dist.inference import class_names_for, load_for_inference
+        from dcsp_dist.workdir import check_replaceable, check_writable_dir
+        check_writable_dir(out_dir, "--out")
+        check_replaceable(out_dir, marker)
+        if args.crf_workers is not None and args.crf_workers < 0:
+            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+        images = list_images(args.images, args.list)
+        self.mine = images[ctx.rank::ctx.size]
+        self.num_images = len(self.mine)
+        self.total_images = len(images)
+        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
+        self.class_names = class_names_for(self.checkpoint, self.cfg)
+        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
+        if args.window is not None:
+            self.cfg = self.cfg.replace(inference_window=args.window)
+        self.crf = None if args.no_crf else self.cfg.crf
+        self.stopped, self.unreadable = False, []
+        self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
+        self.manifest = {"num_examples": len(images)}
+
+    @property
+    def dataset(self):
+        """This rank's images as examples ({"id", "image"}); unreadable ones are recorded."""
+        import numpy as np
+        import tensorflow as tf
+        from PIL import Image
+        for stem, path in self.mine:
+            try:
+                with Image.open(path) as im:
+                    rgb = np.asarray(im.convert("RGB"))
+            except (OSError, ValueError, SyntaxError) as exc:
+                self.unreadable.append(f"{path}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+                continue
+            yield {"id": tf.constant(stem), "image": tf.constant(rgb, tf.uint8)}
+
+    def results(self):
+        from dcsp_dist import crf_pool, preemption
+        from dcsp_dist.inference import probability_fn_for
+        probabilities = probability_fn_for(self.model, self.cfg, self.scales)
+        for item in crf_pool.run_inference(probabilities, self.dataset, self.crf, workers=self.workers):
+            if preemption.requested():
+                self.stopped = True
+                return
+            yield item
 
 
 def main_for(job_fn, args) -> int:

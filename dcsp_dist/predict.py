@@ -11,6 +11,11 @@ overlays in ``<out>/overlays/``. The layout (``--layout``):
 - ``plain``: ``<out>/<id>.png``;
 - ``auto`` (default): ``voc`` for records built from VOC layout (and for records built before
   the manifest named its source), ``plain`` for every other source.
+
+``--images DIR [--list FILE]`` takes any folder of photos (JPEG or PNG, any size) instead of
+records: ``<out>/<file stem>.png`` each, the run's class list in the overlays' legend, the
+files shared over the ranks; an image that does not decode is named on one line (and in
+``predict.json``) and the rest are done.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import os
 import sys
 import tarfile
 
-from dcsp_dist.jobs import Job, add_job_arguments, main_for
+from dcsp_dist.jobs import ImageJob, Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
 MARKER = "predict.json"   # what this run predicted; --out without it is not ours to replace
@@ -28,14 +33,21 @@ MARKER = "predict.json"   # what this run predicted; --out without it is not our
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_job_arguments(parser, default_split="test")
+    add_job_arguments(parser, default_split="test", data_required=False)
+    parser.add_argument("--images", help="a folder of photos instead of --data records (every .jpg/.jpeg/.png)")
+    parser.add_argument("--list", help="with --images: the image paths to do, relative to --images, one per line")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overlays", action="store_true", help="also write image | prediction overlays")
     parser.add_argument("--layout", choices=("auto", "voc", "plain"), default="auto",
                         help="voc: the evaluation server's tree + results.tar.gz; plain: <out>/<id>.png; "
                              "auto: voc for VOC-layout records, plain otherwise")
     parser.add_argument("--no-tar", action="store_true", help="skip results.tar.gz (voc layout)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.images):
+        parser.error("give --data (records) or --images (a folder of photos)")
+    if args.list and not args.images:
+        parser.error("--list goes with --images")
+    return args
 
 
 def save_palette_png(label, path: str) -> None:
@@ -50,15 +62,28 @@ def save_palette_png(label, path: str) -> None:
     os.replace(tmp, path)
 
 
-def save_overlay(image, label, path: str) -> None:
+def save_overlay(image, label, path: str, class_names=None) -> None:
+    """image | blend | colour map, and below them a legend of the classes present."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     from dcsp_dist.palette import color_map
-    colour = color_map()[label]
+    cmap = color_map()
+    colour = cmap[label]
     blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
+    strip = Image.fromarray(np.concatenate([image, blend, colour], axis=1))
+    present = [int(c) for c in np.unique(label)]
+    if class_names:
+        canvas = Image.new("RGB", (strip.width, strip.height + 16 * len(present) + 4), "white")
+        canvas.paste(strip, (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        for row, c in enumerate(present):
+            y = strip.height + 2 + 16 * row
+            draw.rectangle([4, y, 16, y + 12], fill=tuple(int(v) for v in cmap[c]), outline="black")
+            draw.text((22, y), class_names[c] if c < len(class_names) else f"class {c}", fill="black")
+        strip = canvas
     tmp = path + ".tmp.jpg"
-    Image.fromarray(np.concatenate([image, blend, colour], axis=1)).save(tmp, quality=90)
+    strip.save(tmp, quality=90)
     os.replace(tmp, path)
 
 
@@ -69,14 +94,17 @@ def predict(args, ctx) -> int:
     from dcsp_dist import distributed
     from dcsp_dist import workdir as layout
 
-    job = Job(args, ctx, need_mask=False, out_dir=args.out, marker=MARKER)   # every check first
+    if args.images:
+        job, args.layout = ImageJob(args, ctx, out_dir=args.out, marker=MARKER), "plain"
+    else:
+        job = Job(args, ctx, need_mask=False, out_dir=args.out, marker=MARKER)   # every check first
     if args.layout == "auto":
         args.layout = "voc" if job.manifest.get("source", "voc") == "voc" else "plain"
     staging = distributed.broadcast_object(layout.staging_dir(args.out) if ctx.is_chief else None)
     try:
-        total = _write_masks(args, ctx, job, staging)
+        total, unreadable = _write_masks(args, ctx, job, staging)
         if ctx.is_chief:
-            _finish(args, staging, total)
+            _finish(args, staging, total, unreadable)
     except BaseException:
         if ctx.is_chief:
             layout.discard_dir(staging)
@@ -88,7 +116,7 @@ def _masks_dir(args, out: str) -> str:
     return os.path.join(out, SUBMISSION_DIR) if args.layout == "voc" else out
 
 
-def _finish(args, staging: str, total: int) -> None:
+def _finish(args, staging: str, total: int, unreadable: list) -> None:
     from dcsp_dist import distributed
     from dcsp_dist import workdir as layout
     masks = _masks_dir(args, args.out)
@@ -102,15 +130,21 @@ def _finish(args, staging: str, total: int) -> None:
         with tarfile.open(archive + ".tmp", "w:gz") as tar:
             tar.add(os.path.join(staging, "results"), arcname="results")
         layout.publish(archive + ".tmp", archive)
-    layout.write_json(os.path.join(staging, MARKER), {"split": args.split, "checkpoint": args.checkpoint,
-                                                        "num_images": total, "layout": args.layout})
+    what = {"images": args.images} if args.images else {"split": args.split}
+    layout.write_json(os.path.join(staging, MARKER), {**what, "checkpoint": args.checkpoint, "num_images": total,
+                                                        "layout": args.layout, "unreadable": unreadable})
     layout.publish_dir(staging, args.out)
     tar_note = f" and {os.path.join(args.out, 'results.tar.gz')}" if tar else ""
-    distributed.log(f"wrote {total} masks under {masks}{tar_note}")
+    for line in unreadable:
+        distributed.log(f"unreadable image, skipped: {line}")
+    distributed.log(f"wrote {total} masks under {masks}{tar_note}"
+                    f"{f'; {len(unreadable)} unreadable image(s) named above' if unreadable else ''}")
 
 
-def _write_masks(args, ctx, job, out: str) -> int:
-    """This rank's masks (and overlays) under ``out``; returns the count over all ranks."""
+def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
+    """This rank's masks (and overlays) under ``out``; returns the count over all ranks and
+    every rank's unreadable images."""
+    from dcsp_dist import distributed
     from dcsp_dist.progress import progress
     masks_dir = _masks_dir(args, out)
     overlay_dir = os.path.join(out, "overlays")
@@ -118,16 +152,17 @@ def _write_masks(args, ctx, job, out: str) -> int:
     if args.overlays:
         os.makedirs(overlay_dir, exist_ok=True)
     count = 0
-    bar = progress(job.num_images, f"predict {args.split} (rank 0)", enabled=ctx.is_chief)
+    bar = progress(job.num_images, f"predict {args.images or args.split} (rank 0)", enabled=ctx.is_chief)
     for ex, label, _ in job.results():
         image_id = ex["id"].numpy().decode()
         save_palette_png(label, os.path.join(masks_dir, f"{image_id}.png"))
         if args.overlays:
-            save_overlay(ex["image"].numpy(), label, os.path.join(overlay_dir, f"{image_id}.jpg"))
+            save_overlay(ex["image"].numpy(), label, os.path.join(overlay_dir, f"{image_id}.jpg"), job.class_names)
         count += 1
         bar.update(1)
     bar.close()
-    return job.count_and_agree(count)   # also waits for every rank
+    total = job.count_and_agree(count)   # also waits for every rank
+    return total, [line for lines in distributed.allgather_object(job.unreadable) for line in lines]
 
 
 def main(argv=None) -> int:

@@ -151,6 +151,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     if world.context.is_chief:
         os.makedirs(directory, exist_ok=True)
         layout.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
+        layout.write_json(os.path.join(directory, "classes.json"), {"class_names": inputs.manifest["class_names"]})
     cue_dir = layout.stage_dir(workdir, spec.cues) if spec.cues else None
     if cue_dir:
         mine = records.files_for_rank(inputs.shards, world.context.rank, world.context.size)
