@@ -9,6 +9,7 @@ renamed when complete; the cues' mIoU is reported when the split has masks.
 from __future__ import annotations
 
 import os
+import time
 
 from dcsp_dist import stages
 from dcsp_dist import workdir as layout
@@ -103,7 +104,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     from dcsp_dist.progress import progress
     from dcsp_dist.trainer import build_model
 
-    spec = stages.get(stage)
+    spec, start = stages.get(stage), time.time()
     directory = layout.stage_dir(workdir, stage)
     manifest = records.read_manifest(data_dir, cfg.train_split)
     mine = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
@@ -142,7 +143,8 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
         raise preemption.Preempted(f"[{stage}] preempted ({preemption.signal_name() or 'another rank was signalled'}); "
                                    f"finished cue shards are kept; relaunch the same command to write the rest")
     shards = sorted((s for rank, _ in gathered for s in rank), key=lambda s: s["file"])
-    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir, shards)
+    return summarise(stage, cfg, ctx, manifest, distributed.allreduce_sum(matrix), workdir, shards,
+                     seconds=time.time() - start)
 
 
 def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target: str, cue_of, bar,
@@ -171,12 +173,15 @@ def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target
     return record
 
 
-def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards: list) -> dict:
+def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards: list,
+              seconds: float | None = None) -> dict:
     """Rank 0 writes ``cues.json`` (every cue shard's records and bytes, checked when a
     training stage reads them; the cues' mIoU against the training masks, when there are
     masks) and ``done.json``, and prints the per-class table."""
     from dcsp_dist import distributed, metrics
     summary = {"stage": stage, "num_images": manifest["num_examples"], "shards": shards}
+    if seconds is not None:
+        summary["seconds"] = round(seconds, 1)
     if manifest.get("has_mask"):
         result = metrics.scores(matrix)
         summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
@@ -184,6 +189,6 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
     if ctx.is_chief:
         layout.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
         layout.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
-                                                              if k in ("stage", "num_images", "miou")})
+                                                              if k in ("stage", "num_images", "miou", "seconds")})
     distributed.barrier()
     return summary

@@ -21,6 +21,8 @@ export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-1}"
 # TensorFlow's start-up lines, repeated by every process, that no setting silences.
 quiet() { grep --line-buffered -v -E -f launch/tf_startup_noise || true; }   # as launch/common.sh's filter
 start=$(date +%s)
+# Phase marks (name, start/end, time) for demo_summary.py's table of where the time goes.
+mark() { mkdir -p "$DIR"; printf '%s %s %s\n' "$1" "$2" "$(date +%s.%N)" >> "$DIR/phases.txt"; }
 
 if [[ -f "$DIR/seed" && "$(cat "$DIR/seed")" != "$SEED" ]]; then
   echo "error: $DIR holds the demo of seed $(cat "$DIR/seed"), not $SEED; use DEMO_DIR=another_dir or make clean" >&2
@@ -31,6 +33,8 @@ if [[ -f "$DIR/seed" && "$held" != "$SYNTH" ]]; then
   echo "error: $DIR holds data made with SYNTH=\"$held\", not \"$SYNTH\"; use DEMO_DIR=another_dir" >&2
   exit 2
 fi
+rm -f "$DIR/phases.txt"
+mark data start
 if [[ ! -f "$DIR/voc/ImageSets/Segmentation/val.txt" ]]; then
   echo "== synthetic dataset (seed $SEED${SYNTH:+, $SYNTH})"
   mkdir -p "$DIR"; echo "$SEED" > "$DIR/seed"; echo "$SYNTH" > "$DIR/synth_options"
@@ -44,14 +48,21 @@ for split in train val; do
       --split "$split" --out "$DIR/records" --num-shards 8 --quiet 2>&1 | quiet
   fi
 done
+mark data end
 
 echo "== DCSP schedule on $NP ranks: attention -> cues -> segmentation -> adapt -> segmentation"
+mark train start
 "${LOCAL[@]}" --stage all --config synthetic_demo --data "$DIR/records" --workdir "$DIR/run" -- --set "seed=$SEED"
+mark train end
 
 echo "== evaluation with dense CRF on $NP ranks: first segmentation stage, then the final model"
+mark evaluate_first start
 "${LOCAL[@]}" --evaluate --workdir "$DIR/run/segmentation" --data "$DIR/records" -- \
   --split val --out "$DIR/run/eval_val_segmentation"
+mark evaluate_first end
+mark evaluate_final start
 "${LOCAL[@]}" --evaluate --workdir "$DIR/run" --data "$DIR/records" -- --split val
+mark evaluate_final end
 
 "$PY" scripts/demo_summary.py "$DIR" "$SEED" "$(( $(date +%s) - start ))" 2>&1 | quiet
 echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: launch/tensorboard.sh $DIR/run"

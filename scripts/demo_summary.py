@@ -78,6 +78,32 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     os.replace(path + ".tmp.png", path)
 
 
+def phases(demo: str, run: str, first: dict, final: dict) -> dict:
+    """Seconds of each phase: the marks demo.sh left (data, the training process, each
+    evaluation process), the stages' own seconds (done.json), and what is left of each
+    process's wall time after its work: its start-up (TensorFlow import, Horovod, tracing,
+    the checks before any step)."""
+    marks: dict = {}
+    if os.path.isfile(f"{demo}/phases.txt"):
+        for line in open(f"{demo}/phases.txt"):
+            name, edge, when = line.split()
+            marks.setdefault(name, {})[edge] = float(when)
+    wall = {n: m["end"] - m["start"] for n, m in marks.items() if "start" in m and "end" in m}
+    out = {"data": wall.get("data")}
+    stages = {}
+    for stage in ("attention", "cues", "segmentation", "adapt", "segmentation_adapted"):
+        done = f"{run}/{stage}/done.json"
+        stages[stage] = _read(done).get("seconds") if os.path.isfile(done) else None
+        out[stage] = stages[stage]
+    if "train" in wall and all(v is not None for v in stages.values()):
+        out["train_process_startup_and_between_stages"] = wall["train"] - sum(stages.values())
+    for name, result in (("evaluate_first", first), ("evaluate_final", final)):
+        out[name] = result.get("seconds")
+        if name in wall and result.get("seconds") is not None:
+            out[f"{name}_startup"] = wall[name] - result["seconds"]
+    return {k: (round(v, 1) if v is not None else None) for k, v in out.items()}
+
+
 def main(argv) -> int:
     demo, seed, seconds = argv[0], int(argv[1]), float(argv[2])
     run, voc = f"{demo}/run", f"{demo}/voc"
@@ -111,9 +137,13 @@ def main(argv) -> int:
                "first_segmentation_val_miou_without_crf": first["miou_without_crf"],
                "final_val_miou": final["miou"], "final_val_miou_without_crf": final["miou_without_crf"],
                "adaptation_gain": final["miou"] - first["miou"], "seconds": round(seconds, 1),
+               "phases": phases(demo, run, first, final),
                "per_class": {names[i]: {"initial_cues": initial["iou"][i], "first_val": first["iou"][names[i]],
                                         "adapted_cues": adapted["iou"][i], "final_val": final["iou"][names[i]]}
                              for i in present}}
+    print(f"\n== where the {seconds:.0f} s went")
+    for name, value in summary["phases"].items():
+        print(f"{name:<42}{'n/a' if value is None else f'{value:7.1f} s'}")
     tmp = f"{demo}/summary.json.tmp"
     with open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
