@@ -141,33 +141,10 @@ def _process(overwrite: bool, job: tuple, detector=_mb_plus) -> str | None:
     return None
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
 def image_jobs(images: str, list_file: str | None, out_dir: str) -> list[tuple[str, str]]:
     """(image, map) pairs for a folder of images; ValueError naming the flag if unusable."""
-    if not os.path.isdir(images):
-        raise ValueError(f"--images {images}: no such directory")
-    if list_file:
-        if not os.path.isfile(list_file):
-            raise ValueError(f"--list {list_file}: no such file")
-        with open(list_file) as fh:
-            names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
-        missing = [n for n in names if not os.path.isfile(os.path.join(images, n))]
-        if missing:
-            raise ValueError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
-                             f"e.g. {missing[0]}")
-    else:
-        names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
-        if not names:
-            raise ValueError(f"--images {images}: no .jpg, .jpeg or .png files there")
-    stems: dict[str, str] = {}
-    for name in names:
-        stem = os.path.splitext(os.path.basename(name))[0]
-        if stem in stems:
-            raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
-        stems[stem] = name
-    return [(os.path.join(images, n), os.path.join(out_dir, s + ".png")) for s, n in stems.items()]
+    from dcsp_dist.jobs import list_images
+    return [(path, os.path.join(out_dir, stem + ".png")) for stem, path in list_images(images, list_file)]
 
 
 def parse_args(argv=None):

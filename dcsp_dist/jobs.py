@@ -114,7 +114,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
     """(stem, path) of every image of a folder (or of ``list_file``'s paths, relative to it),
-    sorted; ValueError naming the flag when unusable or when two files share a stem."""
+    in order; ValueError naming the flag when unusable, when a listed file is missing or when
+    two files share a stem (both would write ``<stem>.png``). Used by ``predict --images``
+    and ``data_tools.saliency --images``."""
     import os
     if not os.path.isdir(images):
         raise ValueError(f"--images {images}: no such directory")
@@ -123,6 +125,10 @@ def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
             raise ValueError(f"--list {list_file}: no such file")
         with open(list_file) as fh:
             names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
+        missing = [n for n in names if not os.path.isfile(os.path.join(images, n))]
+        if missing:
+            raise ValueError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
+                             f"e.g. {missing[0]}")
     else:
         names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
@@ -133,7 +139,7 @@ def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
         if stem in stems:
             raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
         stems[stem] = name
-    return sorted((stem, os.path.join(images, name)) for stem, name in stems.items())
+    return [(stem, os.path.join(images, name)) for stem, name in stems.items()]
 
 
 class ImageJob(Job):
