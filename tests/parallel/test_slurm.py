@@ -150,10 +150,6 @@ def _wait(env, job, until, timeout=900):
     raise AssertionError(f"job {job} did not get there: {text}")
 
 
-def _stepd_alive(job) -> bool:
-    return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True).returncode == 0
-
-
 def _slurmd_log(env) -> str:
     log = os.path.join(os.path.dirname(env["SLURM_CONF"]), "log", "d.log")
     return "\n--- slurmd log ---\n" + (open(log).read()[-3000:] if os.path.exists(log) else "(none)")
@@ -186,27 +182,29 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
     _wait(env, job, lambda state, restarts: restarts >= 1 or state in ("COMPLETED", "FAILED", "CANCELLED"))
     requeued = time.time()
 
-    def finished(state, restarts):
-        # SLURM holds a requeued job for about two minutes (Reason=BeginTime), time in which the
-        # old step's slurmstepd finishes; a job restarted while it still holds the step's PMIx
-        # socket fails to launch. Release the job as soon as that stepd has gone.
-        if state == "PENDING" and "Reason=BeginTime" in _job_state(env, job)[2] and not _stepd_alive(job):
-            _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=False)
-        return state in ("COMPLETED", "FAILED", "CANCELLED") and restarts >= 1
-    state, restarts, info = _wait(env, job, finished)
+    # SLURM holds a requeued job for about two minutes (Reason=BeginTime) before it starts it again. The test
+    # keeps the hold: releasing the job early raced SLURM's own clean-up of the old step, which has the same
+    # name in the requeued job (its PMIx socket still bound; a late kill of "step 1.0" landing on the new one).
+    state, restarts, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED")
+                                  and restarts >= 1)
     text = out.read_text()
-    assert state == "COMPLETED" and restarts == 1, info + text[-4000:] + _slurmd_log(env)
-    stop = re.search(r"\[attention\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
-    assert stop, text[-4000:]
-    step = int(stop.group(1))
+    assert state == "COMPLETED" and restarts >= 1, info + text[-4000:] + _slurmd_log(env)
     assert "requeueing job" in text and "forwarding it to the tasks" in text
-    assert f"resuming from {workdir}/attention/ckpt/ckpt-{step}" in text, text[-4000:] + _slurmd_log(env)  # that step
+    # Every preemption (ours; and any SLURM adds, e.g. a node briefly unresponsive under load) checkpoints at its
+    # step, requeues, and the next run resumes from exactly that checkpoint.
+    stops = re.findall(r"\[(\w+)\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
+    assert stops and stops[0][0] == "attention" and stops[0][2] == "SIGUSR1", text[-4000:]
+    assert len(stops) <= restarts, (stops, restarts)     # a cue stage stops between images, without a step line
+    for stage, step, _, checkpoint in stops:
+        assert checkpoint == f"{workdir}/{stage}/ckpt/ckpt-{step}"
+        assert f"[{stage}] resuming from {checkpoint}" in text, text[-4000:] + _slurmd_log(env)  # exactly that step
+    step = int(stops[0][1])
     assert f"[attention] step {step + 1}/{STEPS}" in text
     for stage in ("attention", "segmentation", "segmentation_adapted"):
         done = json.load(open(workdir / stage / "done.json"))
         assert done["weights_sha256"] == json.load(open(reference / stage / "done.json"))["weights_sha256"], stage
-    print(f"SLURM: sbatch to COMPLETED {time.time() - start:.0f} s; signal to requeue {requeued - signalled:.1f} s; "
-          f"stopped at step {step}")
+    print(f"SLURM: sbatch to COMPLETED {time.time() - start:.0f} s (with SLURM's requeue hold); signal to requeue "
+          f"{requeued - signalled:.1f} s; stopped at step {step}; {restarts} requeue(s)")
 
     # --evaluate through sbatch: the confusion matrix of a local 1-rank evaluation
     eval_out = tmp_path / "eval.out"
