@@ -141,12 +141,11 @@ def class_names_for(prefix: str, cfg) -> list[str]:
     """The run's class list, saved beside the checkpoint's config.json (``classes.json``,
     written by training); ``class <i>`` names for runs saved before it was."""
     from dcsp_dist import workdir as layout
-    for directory in (os.path.dirname(os.path.dirname(os.path.abspath(prefix))),):
-        path = os.path.join(directory, "classes.json")
-        if os.path.isfile(path):
-            names = layout.read_json(path, "class list")["class_names"]
-            if len(names) == cfg.num_classes:
-                return list(names)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "classes.json")   # stage dir
+    if os.path.isfile(path):
+        names = layout.read_json(path, "class list")["class_names"]
+        if len(names) == cfg.num_classes:
+            return list(names)
     return ["background"] + [f"class {i}" for i in range(1, cfg.num_classes)]
 
 

@@ -46,14 +46,9 @@ class Job:
     def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None, marker: str = "results.json"):
         import os
 
-        from dcsp_dist import crf_pool, data, distributed, records
+        from dcsp_dist import data, distributed, records
 
-        if out_dir is not None:   # before hours of inference, not after
-            from dcsp_dist.workdir import check_replaceable, check_writable_dir
-            check_writable_dir(out_dir, "--out")
-            check_replaceable(out_dir, marker)
-        if args.crf_workers is not None and args.crf_workers < 0:
-            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+        self._check_arguments(args, out_dir, marker)
         self.data_dir = args.data
         self.manifest = records.read_manifest(args.data, args.split)
         self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
@@ -63,19 +58,34 @@ class Job:
             records.DataError)
         # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
         self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
-        from dcsp_dist.inference import load_for_inference
-        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
+        self._load_model(args, ctx)
         if self.cfg.num_classes != len(self.manifest["class_names"]):
             raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
                              f"records have {len(self.manifest['class_names'])}")
+        self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
+                              if os.path.join(args.data, s["file"]) in self.files)
+        self.class_names = self.manifest["class_names"]
+
+    @staticmethod
+    def _check_arguments(args, out_dir: str | None, marker: str) -> None:
+        """What can be refused before any reading: the output directory and --crf-workers."""
+        if out_dir is not None:   # before hours of inference, not after
+            from dcsp_dist.workdir import check_replaceable, check_writable_dir
+            check_writable_dir(out_dir, "--out")
+            check_replaceable(out_dir, marker)
+        if args.crf_workers is not None and args.crf_workers < 0:
+            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+
+    def _load_model(self, args, ctx) -> None:
+        """The trained model and the inference settings: the run's, or the flags'."""
+        from dcsp_dist import crf_pool
+        from dcsp_dist.inference import load_for_inference
+        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
         self.scales = parse_scales(args.scales, self.cfg.eval_scales)
         if args.window is not None:
             self.cfg = self.cfg.replace(inference_window=args.window)
-        self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
-                              if os.path.join(args.data, s["file"]) in self.files)
         self.crf = None if args.no_crf else self.cfg.crf
         self.stopped, self.unreadable = False, []
-        self.class_names = self.manifest["class_names"]
         self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
 
     def results(self):
@@ -148,26 +158,14 @@ class ImageJob(Job):
     decode is named (``unreadable``) and the rest are done."""
 
     def __init__(self, args, ctx, out_dir: str, marker: str):
-        from dcsp_dist import crf_pool
-        from dcsp_dist.inference import class_names_for, load_for_inference
-        from dcsp_dist.workdir import check_replaceable, check_writable_dir
-        check_writable_dir(out_dir, "--out")
-        check_replaceable(out_dir, marker)
-        if args.crf_workers is not None and args.crf_workers < 0:
-            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+        from dcsp_dist.inference import class_names_for
+        self._check_arguments(args, out_dir, marker)
         images = list_images(args.images, args.list)
         self.mine = images[ctx.rank::ctx.size]
         self.num_images = len(self.mine)
-        self.total_images = len(images)
-        self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
-        self.class_names = class_names_for(self.checkpoint, self.cfg)
-        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
-        if args.window is not None:
-            self.cfg = self.cfg.replace(inference_window=args.window)
-        self.crf = None if args.no_crf else self.cfg.crf
-        self.stopped, self.unreadable = False, []
-        self.workers = crf_pool.default_crf_workers(ctx.local_size) if args.crf_workers is None else args.crf_workers
         self.manifest = {"num_examples": len(images)}
+        self._load_model(args, ctx)
+        self.class_names = class_names_for(self.checkpoint, self.cfg)
 
     @property
     def dataset(self):
@@ -183,16 +181,6 @@ class ImageJob(Job):
                 self.unreadable.append(f"{path}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
                 continue
             yield {"id": tf.constant(stem), "image": tf.constant(rgb, tf.uint8)}
-
-    def results(self):
-        from dcsp_dist import crf_pool, preemption
-        from dcsp_dist.inference import probability_fn_for
-        probabilities = probability_fn_for(self.model, self.cfg, self.scales)
-        for item in crf_pool.run_inference(probabilities, self.dataset, self.crf, workers=self.workers):
-            if preemption.requested():
-                self.stopped = True
-                return
-            yield item
 
 
 def main_for(job_fn, args) -> int:

@@ -78,6 +78,14 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _sized_png(array: np.ndarray, size: tuple, where: str, what: str, problems: list) -> bytes | None:
+    """``array`` as PNG bytes when it has the image's (height, width), else a problem naming ``where``."""
+    if array.shape != size:
+        problems.append(f"{where}: {what} is {array.shape[1]}x{array.shape[0]}, image is {size[1]}x{size[0]}")
+        return None
+    return _png_bytes(array)
+
+
 def read_saliency(stem: str, problems: list) -> np.ndarray | None:
     """``stem``.png (0..255) or ``stem``.npz (key actv, [0, 1]); None when neither exists."""
     png, npz = stem + ".png", stem + ".npz"
@@ -148,22 +156,14 @@ def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[
 
     saliency = read_saliency(saliency_stem, problems) if saliency_stem else None
     if saliency is not None:
-        if saliency.shape != (height, width):
-            problems.append(f"{saliency_stem}: saliency is {saliency.shape[1]}x{saliency.shape[0]}, "
-                            f"image is {width}x{height}")
-        else:
-            item["saliency_png"] = _png_bytes(saliency)
+        item["saliency_png"] = _sized_png(saliency, (height, width), saliency_stem, "saliency", problems)
     elif role == "train":
         problems.append(f"{saliency_stem or path}.png (or .npz): missing saliency map")
 
     if mask is None:   # a source may hand over the mask itself (COCO paints it from polygons)
         mask = read_mask(mask_paths, problems, num_classes)
     if mask is not None:
-        if mask.shape != (height, width):
-            problems.append(f"{mask_paths[0] if mask_paths else path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                            f"image is {width}x{height}")
-        else:
-            item["mask_png"] = _png_bytes(mask)
+        item["mask_png"] = _sized_png(mask, (height, width), mask_paths[0] if mask_paths else path, "mask", problems)
     elif role == "eval":
         problems.append(f"{' or '.join(mask_paths) or path + ': no mask given'}: missing mask")
     return item
