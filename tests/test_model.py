@@ -142,3 +142,37 @@ def test_group_norm_backbone_trains_its_norms_without_decay():
 def test_group_norm_refuses_imagenet_weights():
     with pytest.raises(ValueError, match="group_norm cannot take the ImageNet weights"):
         TINY.replace(normalization="group_norm", init_weights="imagenet")
+
+
+@pytest.mark.parametrize("size,dilation", [((15, 15), 6), ((15, 15), 12), ((15, 15), 18), ((15, 15), 24),
+                                           ((41, 33), 24), ((7, 20), 12), ((1, 1), 6)])
+def test_atrous_conv_equals_dilated_conv2d(size, dilation):
+    """Tap by tap (dropping the taps that read only padding) is Conv2D's function: outputs
+    and the gradients of inputs, kernel and bias, on maps of known and of unknown size."""
+    import tensorflow as tf
+
+    from dcsp_dist.models.atrous import AtrousConv2D, tap_offsets
+    rng = np.random.default_rng(dilation)
+    x = tf.constant(rng.normal(0, 1, (2, *size, 24)).astype(np.float32))
+    ours = AtrousConv2D(5, dilation)
+    reference = keras.layers.Conv2D(5, 3, padding="same", dilation_rate=dilation)
+    ours.build(x.shape), reference.build(x.shape)
+    weights = [rng.normal(0, 1, (3, 3, 24, 5)).astype(np.float32), np.arange(5, dtype=np.float32)]
+    ours.set_weights(weights), reference.set_weights(weights)
+
+    def forward_backward(layer, shape):
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * tf.cos(y))
+            return [y] + tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])
+        return [t.numpy() for t in run(x)]
+
+    expected = forward_backward(reference, x.shape)
+    for shape in (x.shape, (None, None, None, 24)):
+        for got, want in zip(forward_backward(ours, shape), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    if size == (15, 15):   # DeepLab's rates on the demo's maps: 18 and 24 reach only with the centre tap
+        assert len(tap_offsets(dilation, *size)) == {6: 9, 12: 9, 18: 1, 24: 1}[dilation]

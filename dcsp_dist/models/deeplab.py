@@ -10,6 +10,7 @@ import dataclasses
 import keras
 from keras import layers
 
+from dcsp_dist.models.atrous import AtrousConv2D
 from dcsp_dist.models.resnet import build_resnet
 
 ASPP_DILATIONS = (6, 12, 18, 24)
@@ -37,8 +38,7 @@ def build_model(cfg) -> keras.Model:
                 bias_initializer="zeros")
     images = keras.Input((None, None, 3), name="image")
     features = backbone(images)                                    # [B, h, w, 2048]
-    branches = [layers.Conv2D(cfg.num_classes, 3, padding="same", dilation_rate=d, name=n,
-                              dtype=dtype, **init)(features)
+    branches = [AtrousConv2D(cfg.num_classes, d, name=n, dtype=dtype, **init)(features)
                 for d, n in zip(ASPP_DILATIONS, ASPP_NAMES)]
     logits = layers.Add(name="fc1_voc12", dtype="float32")(branches)  # [B, h, w, C]
     attention = layers.Conv2D(cfg.num_classes - 1, 1, name=ATTENTION_NAME, dtype="float32",
