@@ -6,6 +6,7 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD"
 PY=.venv/bin/python
 echo "== input pipeline";  "$PY" benchmarks/data_bench.py
 echo "== model";           "$PY" benchmarks/model_bench.py
+echo "== ASPP head";       "$PY" benchmarks/aspp_bench.py
 echo "== weak scaling";    "$PY" benchmarks/scaling_bench.py
 echo "== shard checks";    "$PY" benchmarks/verify_bench.py
 echo "== integrity checks and a preemption checkpoint (ResNet-101)"; "$PY" benchmarks/integrity_bench.py

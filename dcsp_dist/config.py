@@ -234,6 +234,13 @@ class Config:
     crf: CRFConfig = dataclasses.field(default_factory=CRFConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
+    def __post_init__(self):
+        # Rules across sections (each section checks its own fields).
+        if self.model.xla and self.run.deterministic:
+            raise ValueError("xla=true needs deterministic=false: XLA has no deterministic kernel for every op of "
+                             "the step (TensorFlow: \"MaxPool gradient ops do not yet have a deterministic XLA "
+                             "implementation\")")
+
     def __getattr__(self, name: str):
         where = FLAT.get(name)
         if where is None:

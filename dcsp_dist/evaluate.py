@@ -3,6 +3,9 @@
     horovodrun -np 16 -H node1:8,node2:8 python -m dcsp_dist.evaluate \
         --checkpoint runs/voc --data records/voc12 --split val
 
+``--checkpoint`` repeated evaluates several models in one launch (``--out`` repeated names
+their result directories in the same order; the rest take the default).
+
 Each rank evaluates its own shard files (every image exactly once, whatever the number of
 ranks); per image: multi-scale logits fused by max, bilinear resize, softmax, dense CRF
 (in worker processes, overlapped with the network), argmax, an int64 confusion matrix.
@@ -22,9 +25,33 @@ from dcsp_dist.jobs import Job, add_job_arguments, main_for
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_job_arguments(parser, default_split="val")
-    parser.add_argument("--out", default=None, help="results directory (default: <run>/eval_<split>)")
+    add_job_arguments(parser, default_split="val", many_checkpoints=True)
+    parser.add_argument("--out", action="append", default=[],
+                        help="results directory (default: <run>/eval_<split>); with several --checkpoint, the "
+                             "n-th --out is the n-th checkpoint's")
     return parser.parse_args(argv)
+
+
+def each_checkpoint(args) -> list:
+    """One namespace per --checkpoint with its own ``out``, all checked before any work: a
+    second model's unusable output directory is refused before the first model's inference."""
+    if len(args.out) > len(args.checkpoint):
+        raise ValueError(f"--out given {len(args.out)} times for {len(args.checkpoint)} --checkpoint")
+    outs = args.out + [default_out(c, args.split) for c in args.checkpoint[len(args.out):]]
+    seen = {}
+    for checkpoint, out in zip(args.checkpoint, outs):
+        key = os.path.abspath(out)
+        if key in seen:
+            raise ValueError(f"--checkpoint {seen[key]} and {checkpoint} would both write {out}; give each an --out")
+        seen[key] = checkpoint
+        Job.check_arguments(args, out, "results.json")
+    return [argparse.Namespace(**{**vars(args), "checkpoint": c, "out": o}) for c, o in zip(args.checkpoint, outs)]
+
+
+def evaluate_each(args, ctx) -> list:
+    """``evaluate`` for every --checkpoint in one process (one start-up: TensorFlow, Horovod,
+    the CRF workers' spawn)."""
+    return [evaluate(one, ctx) for one in each_checkpoint(args)]
 
 
 def default_out(checkpoint: str, split: str) -> str:
@@ -67,7 +94,7 @@ def evaluate(args, ctx) -> dict | None:
     from dcsp_dist import workdir as layout
     from dcsp_dist.progress import progress
 
-    out = args.out or default_out(args.checkpoint, args.split)
+    out = args.out
     job = Job(args, ctx, need_mask=True, out_dir=out)   # every check happens here, before any work
     cfg, crf, scales, prefix, manifest = job.cfg, job.crf, job.scales, job.checkpoint, job.manifest
 
@@ -144,7 +171,7 @@ def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int
 
 
 def main(argv=None) -> int:
-    return main_for(evaluate, parse_args(argv))
+    return main_for(evaluate_each, parse_args(argv))
 
 
 if __name__ == "__main__":

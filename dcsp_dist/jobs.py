@@ -7,9 +7,14 @@ top, and their CRF worker processes (spawned) must start without loading TensorF
 from __future__ import annotations
 
 
-def add_job_arguments(parser, default_split: str, data_required: bool = True) -> None:
+def add_job_arguments(parser, default_split: str, data_required: bool = True, many_checkpoints: bool = False) -> None:
     """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
-    parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
+    if many_checkpoints:
+        parser.add_argument("--checkpoint", required=True, action="append",
+                            help="run directory, stage directory or checkpoint prefix; repeat it to evaluate "
+                                 "several models in one launch, one after the other")
+    else:
+        parser.add_argument("--checkpoint", required=True, help="run directory, stage directory or checkpoint prefix")
     parser.add_argument("--data", required=data_required, help="TFRecords directory")
     parser.add_argument("--split", default=default_split)
     parser.add_argument("--no-crf", action="store_true", help="argmax of the network's probabilities")
@@ -48,7 +53,7 @@ class Job:
 
         from dcsp_dist import data, distributed, records
 
-        self._check_arguments(args, out_dir, marker)
+        self.check_arguments(args, out_dir, marker)
         self.data_dir = args.data
         self.manifest = records.read_manifest(args.data, args.split)
         self.files = records.files_for_rank(records.shard_files(args.data, self.manifest), ctx.rank, ctx.size,
@@ -67,7 +72,7 @@ class Job:
         self.class_names = self.manifest["class_names"]
 
     @staticmethod
-    def _check_arguments(args, out_dir: str | None, marker: str) -> None:
+    def check_arguments(args, out_dir: str | None, marker: str) -> None:
         """What can be refused before any reading: the output directory and --crf-workers."""
         if out_dir is not None:   # before hours of inference, not after
             from dcsp_dist.workdir import check_replaceable, check_writable_dir
@@ -159,7 +164,7 @@ class ImageJob(Job):
 
     def __init__(self, args, ctx, out_dir: str, marker: str):
         from dcsp_dist.inference import class_names_for
-        self._check_arguments(args, out_dir, marker)
+        self.check_arguments(args, out_dir, marker)
         images = list_images(args.images, args.list)
         self.mine = images[ctx.rank::ctx.size]
         self.num_images = len(self.mine)

@@ -55,14 +55,11 @@ mark train start
 "${LOCAL[@]}" --stage all --config synthetic_demo --data "$DIR/records" --workdir "$DIR/run" -- --set "seed=$SEED"
 mark train end
 
-echo "== evaluation with dense CRF on $NP ranks: first segmentation stage, then the final model"
-mark evaluate_first start
+echo "== evaluation with dense CRF on $NP ranks: first segmentation stage, then the final model (one launch)"
+mark evaluate start
 "${LOCAL[@]}" --evaluate --workdir "$DIR/run/segmentation" --data "$DIR/records" -- \
-  --split val --out "$DIR/run/eval_val_segmentation"
-mark evaluate_first end
-mark evaluate_final start
-"${LOCAL[@]}" --evaluate --workdir "$DIR/run" --data "$DIR/records" -- --split val
-mark evaluate_final end
+  --split val --out "$DIR/run/eval_val_segmentation" --checkpoint "$DIR/run"
+mark evaluate end
 
 "$PY" scripts/demo_summary.py "$DIR" "$SEED" "$(( $(date +%s) - start ))" 2>&1 | quiet
 echo "demo finished in $(( $(date +%s) - start )) s; TensorBoard: launch/tensorboard.sh $DIR/run"

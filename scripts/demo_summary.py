@@ -79,10 +79,10 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
 
 
 def phases(demo: str, run: str, first: dict, final: dict) -> dict:
-    """Seconds of each phase: the marks demo.sh left (data, the training process, each
-    evaluation process), the stages' own seconds (done.json), and what is left of each
-    process's wall time after its work: its start-up (TensorFlow import, Horovod, tracing,
-    the checks before any step)."""
+    """Seconds of each phase: the marks demo.sh left (data, the training process, the
+    evaluation process), the stages' and evaluations' own seconds (done.json,
+    results.json), and what is left of each process's wall time after its work: its
+    start-up (TensorFlow import, Horovod, tracing, the checks before any step)."""
     marks: dict = {}
     if os.path.isfile(f"{demo}/phases.txt"):
         for line in open(f"{demo}/phases.txt"):
@@ -97,10 +97,9 @@ def phases(demo: str, run: str, first: dict, final: dict) -> dict:
         out[stage] = stages[stage]
     if "train" in wall and all(v is not None for v in stages.values()):
         out["train_process_startup_and_between_stages"] = wall["train"] - sum(stages.values())
-    for name, result in (("evaluate_first", first), ("evaluate_final", final)):
-        out[name] = result.get("seconds")
-        if name in wall and result.get("seconds") is not None:
-            out[f"{name}_startup"] = wall[name] - result["seconds"]
+    out["evaluate_first"], out["evaluate_final"] = first.get("seconds"), final.get("seconds")
+    if "evaluate" in wall and None not in (first.get("seconds"), final.get("seconds")):
+        out["evaluate_process_startup_and_between"] = wall["evaluate"] - first["seconds"] - final["seconds"]
     return {k: (round(v, 1) if v is not None else None) for k, v in out.items()}
 
 

@@ -25,7 +25,8 @@ def test_paper_defaults_match_spec():
 def test_overrides_are_typed(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"attention_steps": 7, "flip": False}))
-    cfg = config.make_config("synthetic_demo", config.parse_overrides(["cue_scales=1,0.5", "xla=true"]), str(path))
+    cfg = config.make_config("synthetic_demo", config.parse_overrides(["cue_scales=1,0.5", "xla=true", "deterministic=false"]),
+                             str(path))
     assert cfg.attention_steps == 7 and cfg.flip is False and cfg.xla is True and cfg.cue_scales == (1.0, 0.5)
     saved = tmp_path / "saved.json"
     saved.write_text(cfg.to_json())
@@ -35,7 +36,8 @@ def test_overrides_are_typed(tmp_path):
 @pytest.mark.parametrize("bad,needle", [(["nosuch=1"], "unknown setting 'nosuch'"),
                                         (["flip=maybe"], "flip"), (["attention_steps"], "KEY=VALUE"),
                                         (["upsample_space=pixels"], "upsample_space must be one of logits, probabilities"),
-                                        (["inference_window=tiles"], "inference_window must be one of image, crop")])
+                                        (["inference_window=tiles"], "inference_window must be one of image, crop"),
+                                        (["xla=true", "deterministic=true"], "xla=true needs deterministic=false")])
 def test_bad_overrides_name_the_setting(bad, needle):
     with pytest.raises(ValueError, match=needle):
         config.make_config("voc_paper", config.parse_overrides(bad))

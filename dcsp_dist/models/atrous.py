@@ -45,16 +45,28 @@ class AtrousConv2D(layers.Conv2D):
         kernel = self.kernel                                                   # [3, 3, C_in, C_out]
         stacked = ops.concatenate([kernel[ky, kx] for ky, kx, _, _ in taps], axis=-1)
         per_tap = ops.conv(inputs, stacked[None, None])                        # [B, h, w, T*C_out]
-        pad = max(max(abs(dy), abs(dx)) for _, _, dy, dx in taps)
-        if pad:
-            per_tap = ops.pad(per_tap, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        shape = ops.shape(inputs)
-        size = (shape[0], shape[1], shape[2], self.filters)
-        out = None
-        for t, (_, _, dy, dx) in enumerate(taps):
-            # out[i, j] += per_tap[i + dy, j + dx] (zero outside the map)
-            shifted = ops.slice(per_tap, (0, pad + dy, pad + dx, t * self.filters), size)
-            out = shifted if out is None else out + shifted
+        channels = ops.split(per_tap, len(taps), axis=-1) if len(taps) > 1 else [per_tap]   # T x [B, h, w, C_out]
+        if height is not None and width is not None:
+            shifted = [_shift_static(c, dy, dx, height, width) for c, (_, _, dy, dx) in zip(channels, taps)]
+        else:
+            shifted = [_shift_dynamic(c, dy, dx) for c, (_, _, dy, dx) in zip(channels, taps)]
+        out = ops.sum(ops.stack(shifted), axis=0) if len(shifted) > 1 else shifted[0]
         if self.use_bias:
             out = out + self.bias
         return out                                                             # [B, h, w, C_out]
+
+
+def _shift_static(x, dy: int, dx: int, height: int, width: int):
+    """out[:, i, j] = x[:, i + dy, j + dx], zero outside the map; sizes known. The valid
+    window is cut, then padded back (backward: a slice of the gradient, and a pad of the
+    tap's window only)."""
+    window = x[:, max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)]
+    return ops.pad(window, [[0, 0], [max(0, -dy), max(0, dy)], [max(0, -dx), max(0, dx)], [0, 0]])
+
+
+def _shift_dynamic(x, dy: int, dx: int):
+    """As ``_shift_static`` on a map of unknown size: padded by the offsets, then cut."""
+    pad_y, pad_x = abs(dy), abs(dx)
+    padded = ops.pad(x, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]])
+    shape = ops.shape(x)
+    return ops.slice(padded, (0, pad_y + dy, pad_x + dx, 0), shape)

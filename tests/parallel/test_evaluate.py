@@ -82,7 +82,22 @@ def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, 
     assert matrix.tolist() == result["confusion_matrix"]
 
 
-@pytest.mark.parametrize("case", ["missing", "classes", "nomask", "workers"])
+def test_several_checkpoints_in_one_launch_equal_one_launch_each(tiny_run, synth_records, tmp_path):
+    workdir, _ = tiny_run
+    first, final = tmp_path / "first", tmp_path / "final"
+    run_ranks(2, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir / "segmentation"), "--checkpoint",
+              str(workdir), "--data", str(synth_records), "--split", "val", "--no-crf",
+              "--out", str(first), "--out", str(final))
+    for out, checkpoint in ((first, workdir / "segmentation"), (final, workdir)):
+        together = json.load(open(out / "results.json"))
+        alone, _ = _evaluate(2, checkpoint, synth_records, tmp_path / f"alone_{out.name}", "--no-crf")
+        assert together["checkpoint"] == alone["checkpoint"] and together["num_images"] == 7
+        assert together["confusion_matrix"] == alone["confusion_matrix"]
+    assert "/segmentation/" in json.load(open(first / "results.json"))["checkpoint"]
+    assert "/segmentation_adapted/" in json.load(open(final / "results.json"))["checkpoint"]
+
+
+@pytest.mark.parametrize("case", ["missing", "classes", "nomask", "workers", "outs", "same_out"])
 def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tmp_path, case):
     workdir, _ = tiny_run
     checkpoint, split = str(workdir), "val"
@@ -110,10 +125,13 @@ def test_bad_input_is_one_clear_line_before_any_work(tiny_run, synth_records, tm
     proc = run_python("-m", "dcsp_dist.evaluate", "--checkpoint", checkpoint,
                       "--data", str(synth if case == "nomask" else synth_records), "--split", split,
                       "--out", str(tmp_path / "out"), *(["--crf-workers", "-1"] if case == "workers" else []),
+                      *(["--out", str(tmp_path / "out2")] if case == "outs" else []),
+                      *(["--checkpoint", checkpoint, "--out", str(tmp_path / "out")] if case == "same_out" else []),
                       check=False)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
     needle = {"missing": "no such run directory or checkpoint", "classes": "does not fit a 5-class",
-              "nomask": "has no masks", "workers": "--crf-workers -1: expected 0"}[case]
+              "nomask": "has no masks", "workers": "--crf-workers -1: expected 0",
+              "outs": "--out given 2 times for 1 --checkpoint", "same_out": "would both write"}[case]
     assert needle in errors[0]
     assert not (tmp_path / "out").exists()
