@@ -15,7 +15,7 @@ BatchToSpaceND, and its backward passes through the same detour; for the ASPP he
 the graph is traced, taps that fall wholly outside it (|offset| >= the map's size: DeepLab's
 rates 18 and 24 on the 15x15 maps of 113-pixel crops) read only padding and are dropped.
 Measured on this CPU (benchmarks/aspp_bench.py, forward + backward of the four ASPP
-branches): 12x faster on the demo's [5, 15, 15, 512] maps, 5x on voc_paper's
+branches): 14x faster on the demo's [5, 15, 15, 512] maps, 5.3x on voc_paper's
 [1, 41, 41, 2048]. See docs/demo.md.
 """
 from __future__ import annotations
