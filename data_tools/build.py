@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from data_tools.sources import ROLES, SOURCES, Source, SourceError, VocSource, role_for_split
 from dcsp_dist import records
-from dcsp_dist.workdir import check_writable_dir, publish, temp_name, write_json
+from dcsp_dist.atomic import check_writable_dir, publish, temp_name, write_json
 
 DEFAULT_SHARDS = 64
 LARGE_SPLIT = 32768

@@ -65,32 +65,66 @@ def _runtime():
 
 
 class OnnxDetector:
-    """A saliency network from an .onnx file; ``__call__(rgb at input_size) -> [h, w] in 0..1``."""
+    """A saliency network from an .onnx file; ``__call__(rgb at input_size) -> [h, w] in 0..1``.
 
-    def __init__(self, path: str, convention: Convention = PRESETS["generic"]):
+    Its input and output shapes are checked once, here, before any image: one input
+    [1, 3, H, W] (a fixed batch must be 1), an output of one map ([1, 1, H, W], [1, H, W] or
+    [H, W]). A model with a fixed H x W runs at that size: a preset's other size is set aside
+    with a warning, an explicit ``--input-size`` that differs is an error."""
+
+    def __init__(self, path: str, convention: Convention = PRESETS["generic"], threads: int | None = None,
+                 device: int = 0, explicit_size: bool = False, warn=print):
         ort = _runtime()
         if not os.path.isfile(path):
             raise OnnxError(f"--model {path}: no such file")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        providers = [("CUDAExecutionProvider", {"device_id": device})] \
+            if "CUDAExecutionProvider" in ort.get_available_providers() else []
         try:
-            self.session = ort.InferenceSession(path, providers=providers)
+            self.session = ort.InferenceSession(path, options, providers=providers + ["CPUExecutionProvider"])
         except Exception as exc:   # onnxruntime raises its own classes (InvalidGraph, Fail, ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise OnnxError(f"--model {path}: not a usable ONNX model ({first})") from None
         self.path, self.convention = path, convention
+        self.input_name, self.input_size = self._check_input(path, convention, explicit_size, warn)
+        self.output_name = self._check_output(path, convention)
+
+    def _check_input(self, path: str, convention: Convention, explicit_size: bool, warn) -> tuple[str, tuple]:
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise OnnxError(f"--model {path}: expected one input [1, 3, H, W], the model has {len(inputs)}")
-        self.input_name, shape = inputs[0].name, list(inputs[0].shape)
+        name, shape = inputs[0].name, list(inputs[0].shape)
         if len(shape) != 4 or shape[1] != 3:
             raise OnnxError(f"--model {path}: expected input [1, 3, H, W] (NCHW, RGB), the model's input "
-                            f"'{self.input_name}' is {shape}")
-        fixed = all(isinstance(d, int) and d > 0 for d in shape[2:])
-        self.input_size = convention.size or (tuple(shape[2:]) if fixed else DYNAMIC_SIZE)
+                            f"'{name}' is {shape}")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise OnnxError(f"--model {path}: its input '{name}' has a fixed batch of {shape[0]}; saliency runs one "
+                            f"image at a time: export the model with batch 1 or a dynamic batch")
+        fixed = tuple(shape[2:]) if all(isinstance(d, int) and d > 0 for d in shape[2:]) else None
+        size = convention.size or fixed or DYNAMIC_SIZE
+        if fixed and size != fixed:
+            given = f"--input-size {size[0]}x{size[1]}"
+            if explicit_size:
+                raise OnnxError(f"--model {path}: {given}, but the model's input '{name}' is fixed at "
+                                f"{fixed[0]}x{fixed[1]}")
+            warn(f"note: --model {path} takes {fixed[0]}x{fixed[1]} (fixed in the model), not its preset's "
+                 f"{size[0]}x{size[1]}: running it at {fixed[0]}x{fixed[1]}")
+            size = fixed
+        return name, size
+
+    def _check_output(self, path: str, convention: Convention) -> str:
         outputs = self.session.get_outputs()
         if not 0 <= convention.output < len(outputs):
             raise OnnxError(f"--model {path}: output {convention.output} asked for, the model has {len(outputs)}")
-        self.output_name = outputs[convention.output].name
+        out = outputs[convention.output]
+        shape = list(out.shape)
+        single = [d for d in shape[:-2] if isinstance(d, int)]
+        if len(shape) not in (2, 3, 4) or any(d != 1 for d in single):
+            raise OnnxError(f"--model {path}: output '{out.name}' is {shape}, expected one map [1, 1, H, W] or "
+                            f"[1, H, W] (--output-index chooses another output)")
+        return out.name
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         c = self.convention
@@ -105,7 +139,7 @@ class OnnxDetector:
         sal = np.asarray(out, np.float32)
         sal = sal.reshape(sal.shape[-2:]) if sal.ndim >= 2 and sal.size == sal.shape[-2] * sal.shape[-1] else None
         if sal is None:
-            raise OnnxError(f"--model {self.path}: output '{self.output_name}' is {list(out.shape)}, expected "
+            raise OnnxError(f"--model {self.path}: output '{self.output_name}' came out {list(out.shape)}, expected "
                             f"[1, 1, H, W] or [1, H, W]")
         if self.convention.sigmoid:
             sal = 1.0 / (1.0 + np.exp(-sal))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import multiprocessing
 import os
 import sys
@@ -37,6 +38,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from dcsp_dist.placement import cores_per_rank
 
 SIZE = (224, 224)                  # DHSNet's input (height, width); the default
 FIRST_THRESHOLD = 0.7              # pass 1: s1 >= 0.7 is painted over
@@ -69,6 +72,9 @@ def _mb_plus(rgb: np.ndarray) -> np.ndarray:
 
 DETECTORS = {"mb-plus": _mb_plus, "frequency-tuned": frequency_tuned}
 DEFAULT_DETECTOR = "mb-plus"
+# One pass or DCSP's two, per detector family: the better on real VOC photos
+# (benchmarks/saliency_bench.py over 40 VOC val photos; docs/data-sources.md).
+DEFAULT_PASSES = {"mb-plus": 1, "frequency-tuned": 1, "model": 2}
 
 
 class ModelDetector:
@@ -112,9 +118,12 @@ def _at_input_size(detector, rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(back), 0.0, 1.0)
 
 
-def hierarchical_saliency(rgb: np.ndarray, detector=_mb_plus) -> np.ndarray:
-    """Spec 6: s1, paint s1 >= 0.7 with the dataset mean colour, s2 on that, max(s1, s2)."""
+def hierarchical_saliency(rgb: np.ndarray, detector=_mb_plus, passes: int = 2) -> np.ndarray:
+    """Pass 1: s1. With ``passes=2`` (DCSP's hierarchy), paint s1 >= 0.7 with the dataset mean
+    colour, s2 on that, and max(s1, s2)."""
     first = _at_input_size(detector, rgb)
+    if passes == 1:
+        return first
     painted = rgb.copy()
     painted[first >= FIRST_THRESHOLD] = np.round(DATASET_MEAN_RGB).astype(np.uint8)
     second = _at_input_size(detector, painted)
@@ -127,23 +136,37 @@ def _write_png(sal: np.ndarray, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _process(overwrite: bool, job: tuple, detector=_mb_plus) -> str | None:
-    """Compute and write one map for job = (image path, map path); a problem line or None."""
-    src, dst = job
-    if os.path.exists(dst) and not overwrite:
-        return None
+def is_done(src: str, dst: str) -> bool:
+    """A map exists and is not older than its image (a replaced photo is redone)."""
     try:
-        with Image.open(src) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        return f"{src}: {exc}"
-    _write_png(hierarchical_saliency(rgb, detector), dst)
-    return None
+        return os.path.getmtime(dst) >= os.path.getmtime(src)
+    except OSError:
+        return False
+
+
+def _process(overwrite: bool, passes: int, job: tuple, detector=_mb_plus) -> tuple[str, str | None]:
+    """Compute and write one map for job = (image path, map path); ("wrote" | "kept" | "bad",
+    the problem line). A detector that fails (a model whose output does not fit) raises,
+    naming the image: that ends the run, it is not the image's fault."""
+    from dcsp_dist.images import BadImage, read_rgb
+    src, dst = job
+    if not overwrite and is_done(src, dst):
+        return "kept", None
+    try:
+        rgb = read_rgb(src)
+    except BadImage as exc:
+        return "bad", str(exc)
+    try:
+        sal = hierarchical_saliency(rgb, detector, passes)
+    except ValueError as exc:
+        raise ValueError(f"{src}: {exc}") from None
+    _write_png(sal, dst)
+    return "wrote", None
 
 
 def image_jobs(images: str, list_file: str | None, out_dir: str) -> list[tuple[str, str]]:
     """(image, map) pairs for a folder of images; ValueError naming the flag if unusable."""
-    from dcsp_dist.jobs import list_images
+    from dcsp_dist.images import list_images
     return [(path, os.path.join(out_dir, stem + ".png")) for stem, path in list_images(images, list_file)]
 
 
@@ -158,14 +181,20 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", help="default: <root>/Saliency (required with --images)")
     parser.add_argument("--detector", choices=sorted(DETECTORS), default=DEFAULT_DETECTOR,
                         help=f"built-in detector, when no --model is given (default: {DEFAULT_DETECTOR})")
-    parser.add_argument("--model", help="an .onnx file (onnxruntime), a Keras model file or a SavedModel "
-                                        "directory (instead of --detector)")
+    parser.add_argument("--model", help="a model name (python -m data_tools.models list; fetched on first use), an "
+                                        ".onnx file (onnxruntime), a Keras model file or a SavedModel directory "
+                                        "(instead of --detector)")
+    parser.add_argument("--passes", type=int, choices=(1, 2), default=None,
+                        help="1: the detector's map; 2: DCSP's hierarchy (hide what pass 1 found, run again, "
+                             "keep the max). Default: each family's better one on real photos "
+                             f"({', '.join(f'{k} {v}' for k, v in DEFAULT_PASSES.items())})")
     parser.add_argument("--model-input", choices=("255", "unit"), default="255",
                         help="Keras/SavedModel: pixel range the model expects, 0..255 (default) or 0..1")
-    onnx = parser.add_argument_group("ONNX models (--model X.onnx): a preset, and flags that override it")
-    onnx.add_argument("--model-preset", default="generic",
-                      help="generic (default), u2net, isnet, basnet or birefnet: input size, normalisation and "
-                           "output as the family publishes them (data_tools/onnx_saliency.py)")
+    onnx = parser.add_argument_group("ONNX models (--model X.onnx or a name): a preset, and flags that override it")
+    onnx.add_argument("--model-preset", default=None,
+                      help="generic, u2net, isnet, basnet or birefnet: input size, normalisation and output as the "
+                           "family publishes them (data_tools/onnx_saliency.py); default: a named model's own, "
+                           "else generic")
     onnx.add_argument("--input-size", help="HxW the network takes (default: the preset's, else the model's)")
     onnx.add_argument("--mean", help="R,G,B subtracted after scaling")
     onnx.add_argument("--std", help="R,G,B divided by after the mean")
@@ -175,7 +204,10 @@ def parse_args(argv=None):
     onnx.add_argument("--minmax", action=argparse.BooleanOptionalAction, default=None,
                       help="stretch each map to 0..1")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that exist")
-    parser.add_argument("--workers", type=int, default=None, help="processes for the built-in detector")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for the built-in detector (default: this rank's share of the node's cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for a model (default: this rank's share of the node's cores)")
     args = parser.parse_args(argv)
     if bool(args.root) == bool(args.images):
         parser.error("give --root with --split-list (VOC layout) or --images DIR")
@@ -199,41 +231,80 @@ def _jobs(args) -> tuple[list, str]:
             for i in read_id_list(args.split_list)], out_dir
 
 
-def _model_detector(args):
-    """The --model detector: ONNX through onnxruntime, else Keras/SavedModel."""
-    if args.model.lower().endswith(".onnx"):
+def _model_detector(args, place):
+    """The --model detector and what names it in the folder's stamp: ONNX through
+    onnxruntime (a registry name is fetched first), else Keras/SavedModel."""
+    from data_tools import models
+    path, preset = models.resolve(args.model, progress=place.rank == 0)
+    if path.lower().endswith(".onnx"):
         from data_tools import onnx_saliency
-        return onnx_saliency.OnnxDetector(args.model, onnx_saliency.convention_from(
-            args.model_preset, args.input_size, args.mean, args.std, args.input_range, args.output_index,
-            args.sigmoid, args.minmax))
-    return ModelDetector(args.model, args.model_input)
+        convention = onnx_saliency.convention_from(
+            args.model_preset or preset or "generic", args.input_size, args.mean, args.std, args.input_range,
+            args.output_index, args.sigmoid, args.minmax)
+        detector = onnx_saliency.OnnxDetector(path, convention, threads=args.threads or cores_per_rank(place.local_size),
+                                              device=place.local_rank, explicit_size=bool(args.input_size))
+        return detector, f"onnx {models.file_hash(path)[:16]} {convention}"
+    return ModelDetector(path, args.model_input), f"keras {os.path.abspath(path)} input {args.model_input}"
+
+
+STAMP = ".saliency.json"   # what made the folder's maps (hidden: the folder holds maps only)
+
+
+def check_stamp(out_dir: str, made_by: str, overwrite: bool, place) -> None:
+    """The folder's maps were made by ``made_by``, or none exist yet: rank 0 records it.
+    Maps made by another detector are refused (ValueError) unless --overwrite."""
+    from dcsp_dist.atomic import write_json
+    path = os.path.join(out_dir, STAMP)
+    if os.path.isfile(path) and not overwrite:
+        with open(path) as fh:
+            before = json.load(fh).get("made_by")
+        if before != made_by:
+            raise ValueError(f"--out-dir {out_dir}: its maps were made by {before}, not by {made_by}; pass "
+                             f"--overwrite to remake them, or give another --out-dir")
+    if place.rank == 0:
+        write_json(path, {"made_by": made_by})
 
 
 def main(argv=None) -> int:
     from tqdm import tqdm
+
+    from dcsp_dist.placement import place as launch_place
     args = parse_args(argv)
     try:
+        place = launch_place()
         jobs, out_dir = _jobs(args)
-        detector = _model_detector(args) if args.model else None
+        if args.model:
+            detector, made_by = _model_detector(args, place)
+            family = "model"
+        else:
+            detector, made_by, family = None, args.detector, args.detector
+        passes = args.passes or DEFAULT_PASSES[family]
+        os.makedirs(out_dir, exist_ok=True)
+        check_stamp(out_dir, f"{made_by}, {passes} pass{'es' if passes > 1 else ''}", args.overwrite, place)
     except (FileNotFoundError, OSError, ValueError) as exc:
         message = str(exc)
-        print(f"error: {message if message.startswith('--') else f'--model {args.model}: {message}'}",
-              file=sys.stderr)
+        print(f"error: {message if message.startswith('-') else f'--model {args.model}: {message}'}\n",
+              end="", file=sys.stderr, flush=True)
         return 2
-    os.makedirs(out_dir, exist_ok=True)
-    if detector is not None:
-        problems = [p for p in (_process(args.overwrite, job, detector)
-                                for job in tqdm(jobs, desc="saliency", unit="img")) if p]
-    else:
-        work = functools.partial(_process, args.overwrite, detector=DETECTORS[args.detector])
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.workers or os.cpu_count(), mp_context=ctx) as pool:
-            problems = [p for p in tqdm(pool.map(work, jobs, chunksize=8), total=len(jobs), desc="saliency",
-                                        unit="img") if p]
-    for p in problems:
-        print(f"bad: {p}", file=sys.stderr)
-    print(f"wrote saliency maps for {len(jobs) - len(problems)} of {len(jobs)} images to {out_dir}")
-    return 1 if problems else 0
+    mine = place.share(jobs)
+    tag = f"rank {place.rank} of {place.size}: " if place.size > 1 else ""
+    bar = dict(total=len(mine), desc=f"saliency {tag}".strip(), unit="img", disable=place.rank != 0)
+    try:
+        if detector is not None:
+            results = [_process(args.overwrite, passes, job, detector) for job in tqdm(mine, **bar)]
+        else:
+            work = functools.partial(_process, args.overwrite, passes, detector=DETECTORS[args.detector])
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.workers or cores_per_rank(place.local_size), mp_context=ctx) as pool:
+                results = list(tqdm(pool.map(work, mine, chunksize=8), **bar))
+    except ValueError as exc:    # the detector failed on an image: the model does not fit
+        print(f"error: {exc}\n", end="", file=sys.stderr, flush=True)
+        return 2
+    counts = {k: sum(1 for r, _ in results if r == k) for k in ("wrote", "kept", "bad")}
+    print("".join(f"bad: {p}\n" for r, p in results if r == "bad"), end="", file=sys.stderr, flush=True)
+    print(f"[saliency] {tag}wrote {counts['wrote']}, kept {counts['kept']} already done, {counts['bad']} bad, of "
+          f"{len(mine)} images ({len(jobs)} in all) in {out_dir}\n", end="", flush=True)
+    return 1 if counts["bad"] else 0
 
 
 if __name__ == "__main__":

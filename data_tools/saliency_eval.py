@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     for stem, row in result.items():
         print(f"{stem:24s} {row['iou']:8.3f} {row['max_f']:8.3f} {row['mae']:8.3f} {row['s_measure']:8.3f}")
     if args.json:
-        from dcsp_dist.workdir import write_json
+        from dcsp_dist.atomic import write_json
         write_json(args.json, result)
     return 0
 

@@ -20,9 +20,14 @@ import difflib
 import hashlib
 import importlib
 import json
+import os
 import pkgutil
 import typing
 from typing import Any
+
+from dcsp_dist import atomic
+from dcsp_dist.preemption import DEFAULT_SIGNALS, parse_signals
+from dcsp_dist.stages import TRAINING_STAGES
 
 OBJECTIVES = ("authors_code", "paper_text")
 
@@ -193,7 +198,7 @@ class RunConfig(_Section):
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
-    preempt_signals: str = "TERM,INT,USR1"   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
+    preempt_signals: str = DEFAULT_SIGNALS   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
     stall_timeout: float = 300.0          # seconds without a step before a stalled rank ends the job, exit 76; 0 = off
     # "true": refuse to start on a rank that sees no GPU; "auto": the same when the set-up was
     # GPU=1 or CUDA_VISIBLE_DEVICES names devices (distributed.expects_gpu); "false": never.
@@ -206,11 +211,14 @@ class RunConfig(_Section):
     val_split: str = "val"
     AT_LEAST = {"checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "image_summary_every": 1,
                 "elastic_commit_every": 1}
+    # Settings that change only what is logged, kept or watched, never what is computed: a
+    # resume may change them, and the stamp on outputs (``Config.stamp``) leaves them out.
+    BOOKKEEPING = ("log_every", "image_summary_every", "checkpoint_every", "keep_checkpoints", "elastic_commit_every",
+                   "stall_timeout", "preempt_signals", "require_gpu")
     NON_NEGATIVE = ("stall_timeout",)
     CHOICES = {"gradient_compression": ("none", "fp16"), "require_gpu": ("auto", "true", "false")}
 
     def check(self) -> None:
-        from dcsp_dist.preemption import parse_signals
         parse_signals(self.preempt_signals)
 
 
@@ -219,6 +227,7 @@ SECTIONS = {"model": ModelConfig, "input": InputConfig, "optimizer": OptimizerCo
 # flat name -> (section, field): "crf_iterations" -> ("crf", "iterations"), "seed" -> ("run", "seed")
 FLAT = {cls.PREFIX + f.name: (section, f.name)
         for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+BOOKKEEPING = frozenset(RunConfig.PREFIX + name for name in RunConfig.BOOKKEEPING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +317,12 @@ class Config:
     def digest(self) -> str:
         """16 hex digits over the flat settings (the same as before the config had sections)."""
         return hashlib.sha256(json.dumps(self.flat(), indent=2, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stamp(self) -> str:
+        """16 hex digits over the settings that change what is computed (``RunConfig.BOOKKEEPING``
+        and the name left out): what outputs made by this config are stamped with."""
+        settings = {k: v for k, v in self.flat().items() if k not in BOOKKEEPING and k != "name"}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve(key: str) -> tuple[str, str]:
@@ -444,6 +459,45 @@ def load_saved(path: str) -> Config:
     name = values.pop("name", "voc_paper")
     known = {k: v for k, v in values.items() if k in FLAT}
     return Config(name=name).replace(**{k: _coerce(_field(k), v) for k, v in known.items()})
+
+
+
+
+def config_differences(workdir: str, settings: dict) -> list[str]:
+    """``key: saved -> now`` for every setting that differs from the run's saved config.json
+    files (one per training stage started), bookkeeping settings aside."""
+    diffs = []
+    for stage in TRAINING_STAGES:
+        path = os.path.join(workdir, stage, "config.json")
+        if not os.path.isfile(path) or os.path.islink(os.path.join(workdir, stage)):
+            continue
+        saved = flatten(atomic.read_json(path, "saved config"))   # in sections, or flat as older runs saved it
+        for key in sorted(set(saved) & set(settings)):   # a setting added since keeps its default
+            if key in BOOKKEEPING or saved[key] == settings[key]:
+                continue
+            line = f"{key}: {saved[key]!r} -> {settings[key]!r}"
+            if line not in diffs:
+                diffs.append(line)
+    return diffs
+
+
+def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print) -> None:
+    """Refuse (ValueError, one line listing the differences) a resume whose settings differ
+    from the run's; with ``allow``, record the differences in ``<workdir>/config_changes.json``."""
+    import time
+    diffs = config_differences(workdir, settings)
+    if not diffs:
+        return
+    if not allow:
+        raise ValueError(f"--workdir {workdir} was run with other settings ({'; '.join(diffs)}); relaunch with "
+                         f"the same ones, or pass --allow-changed-config to go on with these (recorded in "
+                         f"{os.path.join(workdir, 'config_changes.json')})")
+    log_path = os.path.join(workdir, "config_changes.json")
+    history = atomic.read_json(log_path, "config change log") if os.path.isfile(log_path) else []
+    history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": diffs})
+    atomic.write_json(log_path, history)
+    warn(f"warning: settings differ from the run's ({'; '.join(diffs)}); recorded in {log_path}")
+
 
 
 def main(argv=None) -> int:

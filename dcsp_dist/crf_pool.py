@@ -52,5 +52,5 @@ def default_crf_workers(local_size: int) -> int:
     The CRF (~1 s of CPU per VOC image) outweighs the network's CPU work (small on a GPU,
     and on a CPU the network waits for the CRF anyway), so every core gets a CRF process.
     """
-    from dcsp_dist.distributed import cores_per_rank
+    from dcsp_dist.placement import cores_per_rank
     return cores_per_rank(local_size)

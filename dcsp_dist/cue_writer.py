@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from dcsp_dist import stages
+from dcsp_dist import atomic, stages
 from dcsp_dist import workdir as layout
 
 
@@ -61,7 +61,7 @@ def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
     import tensorflow as tf
 
     from dcsp_dist import preemption, records
-    tmp = layout.temp_name(target)
+    tmp = atomic.temp_name(target)
     count = 0
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
@@ -73,7 +73,7 @@ def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
                 writer.write(records.make_cue_example(ex["id"].numpy(), png.numpy()))
                 on_label(ex, label)
                 count += 1
-        layout.publish(tmp, target)
+        atomic.publish(tmp, target)
     finally:
         if os.path.exists(tmp):    # nothing half-written is left behind
             os.remove(tmp)
@@ -87,7 +87,7 @@ def _finished(target: str, expected: int, made_by: str):
     if not (os.path.isfile(target) and os.path.isfile(side)):
         return None
     try:
-        record = layout.read_json(side, "cue shard record")
+        record = atomic.read_json(side, "cue shard record")
     except ValueError:
         return None
     ok = (record.get("made_by") == made_by and record.get("num_examples") == expected
@@ -169,7 +169,7 @@ def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target
     except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
         raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
     record.update(made_by=made_by, confusion=shard_matrix.tolist())
-    layout.write_json(target + ".json", record)
+    atomic.write_json(target + ".json", record)
     return record
 
 
@@ -187,8 +187,8 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
         summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
         distributed.log(metrics.format_table(result, manifest["class_names"], f"[{stage}] cue quality vs. training masks"))
     if ctx.is_chief:
-        layout.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
-        layout.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
+        atomic.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
+        atomic.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
                                                               if k in ("stage", "num_images", "miou", "seconds")})
     distributed.barrier()
     return summary

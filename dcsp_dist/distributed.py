@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
 
+from dcsp_dist.placement import cores_per_rank
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -39,12 +41,6 @@ class Context:
 
 
 _CONTEXT: Context | None = None
-
-
-def cores_per_rank(local_size: int) -> int:
-    """This process's usable cores (its CPU affinity) shared among the node's ranks, >= 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_size))
 
 
 def init(intra_threads: int | None = None, inter_threads: int | None = None,

@@ -10,6 +10,7 @@ new world; each rank's pipeline is rebuilt for its new shards from the committed
 """
 from __future__ import annotations
 
+from dcsp_dist import config as config_lib
 from dcsp_dist import distributed
 from dcsp_dist.stages import TRAINING_STAGES
 
@@ -48,8 +49,7 @@ class ElasticWorld:
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
         """Workers come and go and rank 0 may change, so an elastic job holds no lock; every
         rank compares the settings with the run's (no collective)."""
-        from dcsp_dist import workdir as layout
-        layout.check_config_unchanged(workdir, settings, allow_changed, distributed.log)
+        config_lib.check_config_unchanged(workdir, settings, allow_changed, distributed.log)
         return None
 
     def agree_failure(self, failure: str | None) -> str | None:

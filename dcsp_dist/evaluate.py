@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from dcsp_dist import atomic
 from dcsp_dist.jobs import Job, add_job_arguments, main_for
 
 
@@ -91,7 +92,6 @@ def evaluate(args, ctx) -> dict | None:
     import numpy as np
 
     from dcsp_dist import distributed, metrics
-    from dcsp_dist import workdir as layout
     from dcsp_dist.progress import progress
 
     out = args.out
@@ -127,12 +127,12 @@ def evaluate(args, ctx) -> dict | None:
     distributed.log(metrics.format_table(result, names, title))
     if crf is not None:
         distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
-    staging = layout.staging_dir(out)   # the whole result, then renamed to ``out``
+    staging = atomic.staging_dir(out)   # the whole result, then renamed to ``out``
     try:
         summary = _write_results(args, ctx, job, staging, matrix, network_matrix, images, seconds)
-        layout.publish_dir(staging, out)
+        atomic.publish_dir(staging, out)
     except BaseException:
-        layout.discard_dir(staging)
+        atomic.discard_dir(staging)
         raise
     distributed.log(f"wrote {out}/results.json, confusion.png and TensorBoard scalars")
     return summary
@@ -144,7 +144,6 @@ def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int
     import tensorflow as tf
 
     from dcsp_dist import metrics
-    from dcsp_dist import workdir as layout
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names, crf, scales, prefix = job.manifest["class_names"], job.crf, job.scales, job.checkpoint
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
@@ -156,7 +155,7 @@ def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int
                "iou_without_crf": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, network["iou"])},
                "confusion_matrix": matrix.tolist(), "seconds": round(seconds, 2),
                "images_per_sec": round(images / max(seconds, 1e-9), 3)}
-    layout.write_json(os.path.join(out, "results.json"), summary)
+    atomic.write_json(os.path.join(out, "results.json"), summary)
     confusion_png(matrix, names, os.path.join(out, "confusion.png"))
     writer = tf.summary.create_file_writer(os.path.join(out, "tb"))
     with writer.as_default(step=0):

@@ -20,6 +20,8 @@ import json
 import os
 import sys
 
+from dcsp_dist import atomic
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.export", description=__doc__,
@@ -37,13 +39,12 @@ def export(args) -> dict:
     """Write the SavedModel; returns what it holds (for the console line)."""
     import tensorflow as tf
 
-    from dcsp_dist import workdir as layout
     from dcsp_dist.inference import class_names_for, load_for_inference, probability_fn_for
     from dcsp_dist.jobs import parse_scales
 
     if os.path.exists(args.out):
         raise ValueError(f"--out {args.out}: already exists; give a new directory (nothing was replaced)")
-    layout.check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out's parent")
+    atomic.check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out's parent")
     model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
     if args.window is not None:
         cfg = cfg.replace(inference_window=args.window)
@@ -64,7 +65,7 @@ def export(args) -> dict:
         return {"class_names": tf.identity(module.class_list)}
 
     module.serve, module.class_names = serve, class_names
-    staging = layout.temp_name(os.path.abspath(args.out))
+    staging = atomic.temp_name(os.path.abspath(args.out))
     try:
         tf.saved_model.save(module, staging, signatures={"serving_default": serve, "class_names": class_names})
         extra = os.path.join(staging, "assets.extra")
@@ -75,7 +76,7 @@ def export(args) -> dict:
             json.dump(info, fh, indent=2)
         os.replace(staging, args.out)
     except BaseException:
-        layout.discard_dir(staging)
+        atomic.discard_dir(staging)
         raise
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(args.out) for f in files)
     return {**info, "bytes": size}

@@ -8,7 +8,7 @@ import os
 
 import tensorflow as tf
 
-from dcsp_dist import geometry
+from dcsp_dist import atomic, geometry
 
 
 def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
@@ -140,10 +140,9 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
 def class_names_for(prefix: str, cfg) -> list[str]:
     """The run's class list, saved beside the checkpoint's config.json (``classes.json``,
     written by training); ``class <i>`` names for runs saved before it was."""
-    from dcsp_dist import workdir as layout
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "classes.json")   # stage dir
     if os.path.isfile(path):
-        names = layout.read_json(path, "class list")["class_names"]
+        names = atomic.read_json(path, "class list")["class_names"]
         if len(names) == cfg.num_classes:
             return list(names)
     return ["background"] + [f"class {i}" for i in range(1, cfg.num_classes)]

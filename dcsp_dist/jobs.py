@@ -75,7 +75,7 @@ class Job:
     def check_arguments(args, out_dir: str | None, marker: str) -> None:
         """What can be refused before any reading: the output directory and --crf-workers."""
         if out_dir is not None:   # before hours of inference, not after
-            from dcsp_dist.workdir import check_replaceable, check_writable_dir
+            from dcsp_dist.atomic import check_replaceable, check_writable_dir
             check_writable_dir(out_dir, "--out")
             check_replaceable(out_dir, marker)
         if args.crf_workers is not None and args.crf_workers < 0:
@@ -124,45 +124,13 @@ class Job:
         return int(total)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
-    """(stem, path) of every image of a folder (or of ``list_file``'s paths, relative to it),
-    in order; ValueError naming the flag when unusable, when a listed file is missing or when
-    two files share a stem (both would write ``<stem>.png``). Used by ``predict --images``
-    and ``data_tools.saliency --images``."""
-    import os
-    if not os.path.isdir(images):
-        raise ValueError(f"--images {images}: no such directory")
-    if list_file:
-        if not os.path.isfile(list_file):
-            raise ValueError(f"--list {list_file}: no such file")
-        with open(list_file) as fh:
-            names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
-        missing = [n for n in names if not os.path.isfile(os.path.join(images, n))]
-        if missing:
-            raise ValueError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
-                             f"e.g. {missing[0]}")
-    else:
-        names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-        raise ValueError(f"--images {images}: no .jpg, .jpeg or .png files{' listed' if list_file else ' there'}")
-    stems: dict[str, str] = {}
-    for name in names:
-        stem = os.path.splitext(os.path.basename(name))[0]
-        if stem in stems:
-            raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
-        stems[stem] = name
-    return [(stem, os.path.join(images, name)) for stem, name in stems.items()]
-
-
 class ImageJob(Job):
     """``predict --images``: a folder of photos instead of records, shared over the ranks by
     file; the same model, scales, window and CRF as a record job. An image that does not
     decode is named (``unreadable``) and the rest are done."""
 
     def __init__(self, args, ctx, out_dir: str, marker: str):
+        from dcsp_dist.images import list_images
         from dcsp_dist.inference import class_names_for
         self.check_arguments(args, out_dir, marker)
         images = list_images(args.images, args.list)
@@ -175,15 +143,14 @@ class ImageJob(Job):
     @property
     def dataset(self):
         """This rank's images as examples ({"id", "image"}); unreadable ones are recorded."""
-        import numpy as np
         import tensorflow as tf
-        from PIL import Image
+
+        from dcsp_dist.images import BadImage, read_rgb
         for stem, path in self.mine:
             try:
-                with Image.open(path) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-            except (OSError, ValueError, SyntaxError) as exc:
-                self.unreadable.append(f"{path}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+                rgb = read_rgb(path)
+            except BadImage as exc:
+                self.unreadable.append(str(exc))
                 continue
             yield {"id": tf.constant(stem), "image": tf.constant(rgb, tf.uint8)}
 

@@ -24,6 +24,7 @@ import os
 import sys
 import tarfile
 
+from dcsp_dist import atomic
 from dcsp_dist.jobs import ImageJob, Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
@@ -92,7 +93,6 @@ def predict(args, ctx) -> int:
     it); when all are done, rank 0 packs exactly those masks and renames the directory to
     ``--out``. A failed run leaves ``--out`` as it was and nothing half-written."""
     from dcsp_dist import distributed
-    from dcsp_dist import workdir as layout
 
     if args.images:
         job, args.layout = ImageJob(args, ctx, out_dir=args.out, marker=MARKER), "plain"
@@ -100,14 +100,14 @@ def predict(args, ctx) -> int:
         job = Job(args, ctx, need_mask=False, out_dir=args.out, marker=MARKER)   # every check first
     if args.layout == "auto":
         args.layout = "voc" if job.manifest.get("source", "voc") == "voc" else "plain"
-    staging = distributed.broadcast_object(layout.staging_dir(args.out) if ctx.is_chief else None)
+    staging = distributed.broadcast_object(atomic.staging_dir(args.out) if ctx.is_chief else None)
     try:
         total, unreadable = _write_masks(args, ctx, job, staging)
         if ctx.is_chief:
             _finish(args, staging, total, unreadable)
     except BaseException:
         if ctx.is_chief:
-            layout.discard_dir(staging)
+            atomic.discard_dir(staging)
         raise
     return total
 
@@ -118,7 +118,6 @@ def _masks_dir(args, out: str) -> str:
 
 def _finish(args, staging: str, total: int, unreadable: list) -> None:
     from dcsp_dist import distributed
-    from dcsp_dist import workdir as layout
     masks = _masks_dir(args, args.out)
     written = sum(name.endswith(".png") for name in os.listdir(_masks_dir(args, staging))) if total else 0
     if written != total:
@@ -129,11 +128,11 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
         archive = os.path.join(staging, "results.tar.gz")
         with tarfile.open(archive + ".tmp", "w:gz") as tar:
             tar.add(os.path.join(staging, "results"), arcname="results")
-        layout.publish(archive + ".tmp", archive)
+        atomic.publish(archive + ".tmp", archive)
     what = {"images": args.images} if args.images else {"split": args.split}
-    layout.write_json(os.path.join(staging, MARKER), {**what, "checkpoint": args.checkpoint, "num_images": total,
+    atomic.write_json(os.path.join(staging, MARKER), {**what, "checkpoint": args.checkpoint, "num_images": total,
                                                         "layout": args.layout, "unreadable": unreadable})
-    layout.publish_dir(staging, args.out)
+    atomic.publish_dir(staging, args.out)
     tar_note = f" and {os.path.join(args.out, 'results.tar.gz')}" if tar else ""
     for line in unreadable:
         distributed.log(f"unreadable image, skipped: {line}")

@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from dcsp_dist import atomic
+
 # "Preempted, resumable": relaunching the same command resumes (EX_TEMPFAIL, sysexits.h).
 EXIT_PREEMPTED = 75
 DEFAULT_SIGNALS = "TERM,INT,USR1"
@@ -73,7 +75,6 @@ def record(workdir: str, where: str) -> None:
     --kill-on-bad-exit kills the ranks still exiting once one has exited 75)."""
     import time
 
-    from dcsp_dist import workdir as layout
-    layout.write_json(os.path.join(workdir, MARKER), {"where": where, "signal": _state["signal"],
+    atomic.write_json(os.path.join(workdir, MARKER), {"where": where, "signal": _state["signal"],
                                                       "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                       "slurm_job_id": os.environ.get("SLURM_JOB_ID")})

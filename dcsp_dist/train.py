@@ -16,8 +16,8 @@ import os
 import sys
 import time
 
+from dcsp_dist import atomic, preemption
 from dcsp_dist import config as config_lib
-from dcsp_dist import preemption
 from dcsp_dist import stages as stage_table
 from dcsp_dist import workdir as layout
 
@@ -150,8 +150,8 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     spec, directory = stage_table.get(stage), layout.stage_dir(workdir, stage)
     if world.context.is_chief:
         os.makedirs(directory, exist_ok=True)
-        layout.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
-        layout.write_json(os.path.join(directory, "classes.json"), {"class_names": inputs.manifest["class_names"]})
+        atomic.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
+        atomic.write_json(os.path.join(directory, "classes.json"), {"class_names": inputs.manifest["class_names"]})
     cue_dir = layout.stage_dir(workdir, spec.cues) if spec.cues else None
     if cue_dir:
         mine = records.files_for_rank(inputs.shards, world.context.rank, world.context.size)
@@ -204,7 +204,7 @@ def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str)
             ckpts.save(max(steps, start))
         reporter.flush()
         directory = layout.stage_dir(workdir, stage)
-        layout.write_json(layout.done_path(workdir, stage),
+        atomic.write_json(layout.done_path(workdir, stage),
                           {"stage": stage, "steps": steps, "checkpoint": os.path.relpath(ckpts.latest, directory),
                            "seconds": round(time.time() - reporter.t0, 1), "weights_sha256": ranks[0][0],
                            "hosts": sorted({h for _, h in ranks})})
@@ -264,7 +264,7 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
     world = worlds.for_job(ctx)
     stages = stage_table.SCHEDULE if stage == "all" else (stage,)
     world.check_stages(stages)
-    layout.check_writable_dir(workdir, "--workdir")
+    atomic.check_writable_dir(workdir, "--workdir")
     inputs = check_inputs(stages, cfg, world, data_dir, verify_data)
     world.check_config(cfg.digest())
     lock = world.hold_run(workdir, cfg.flat(), allow_changed_config)

@@ -13,8 +13,8 @@ Both speak to Horovod only through ``dcsp_dist.distributed``.
 """
 from __future__ import annotations
 
-from dcsp_dist import distributed
-from dcsp_dist import workdir as layout
+from dcsp_dist import config as config_lib
+from dcsp_dist import distributed, runlock
 
 # The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name.
 _AGREED_ERRORS = {"ValueError": ValueError, "OSError": OSError}
@@ -67,13 +67,13 @@ class FixedWorld:
         """Rank 0 takes the run directory's lock and compares the settings with the run's
         (``workdir.RunLock``, ``workdir.check_config_unchanged``); a refusal is every rank's.
         Returns the lock (release it at the end) or None on other ranks."""
-        lock = layout.RunLock(workdir) if self.context.is_chief else None
+        lock = runlock.RunLock(workdir) if self.context.is_chief else None
         warn = distributed.log
 
         def take():
             lock.acquire(warn)
             try:
-                layout.check_config_unchanged(workdir, settings, allow_changed, warn)
+                config_lib.check_config_unchanged(workdir, settings, allow_changed, warn)
             except ValueError:
                 lock.release()
                 raise

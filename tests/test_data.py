@@ -81,7 +81,7 @@ def _bad_root(tmp_path, synth_voc):
     ids = _ids(root, "train")[:10]
     jpg = root / "JPEGImages"
     (jpg / f"{ids[0]}.jpg").write_bytes((jpg / f"{ids[0]}.jpg").read_bytes()[:600])        # truncated
-    (jpg / f"{ids[1]}.jpg").write_bytes((root / "Saliency" / f"{ids[1]}.png").read_bytes())  # a PNG
+    (jpg / f"{ids[1]}.jpg").write_bytes(b"")                                                 # zero bytes
     (root / "Annotations" / f"{ids[2]}.xml").unlink()                                        # no tags
     (root / "Saliency" / f"{ids[3]}.png").unlink()                                           # no saliency
     Image.new("L", (9, 9)).save(root / "Saliency" / f"{ids[4]}.png")                        # wrong size
@@ -104,8 +104,9 @@ def test_bad_input_reports_every_item_and_writes_nothing(tmp_path, synth_voc, ca
                        "--quiet", "--workers", "1"])
     err = capsys.readouterr().err
     assert code == 1
-    for needle in ("not a readable JPEG", "a PNG file, not a JPEG", "missing tag file", "missing saliency map",
-                   "saliency is 9x9", "tag id 21 outside 1..20", "unknown class name 'spaceship", "has no tags",
+    for needle in (f"{ids[0]}.jpg: not a readable image", f"{ids[1]}.jpg: not a readable image", "missing tag file",
+                   "missing saliency map", "saliency is 9x9", "tag id 21 outside 1..20", "unknown class name 'spaceship",
+                   "has no tags",
                    "mask is 5x5", "duplicate id", "no image for id no_such_image"):
         assert needle in err, needle
     assert not out.exists() or not os.listdir(out)

@@ -120,12 +120,12 @@ def test_cli_any_image_folder_writes_stem_png(tmp_path, capsys):
     (photos / "notes.txt").write_text("not an image")              # not an image suffix: ignored
     out = tmp_path / "sal"
     assert saliency.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["shop_001.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".saliency.json", "shop_001.png"]   # maps + what made them
     listing = tmp_path / "list.txt"
     listing.write_text("shop_001.jpg\nsub/shop_002.png\n")
     assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out),
                           "--workers", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["shop_001.png", "shop_002.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".saliency.json", "shop_001.png", "shop_002.png"]
     assert Image.open(out / "shop_002.png").size == (150, 100)
     listing.write_text("shop_001.jpg\nsub/nope.jpg\n")
     assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out)]) == 2

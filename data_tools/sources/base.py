@@ -13,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from dcsp_dist.images import BadImage, record_jpeg
+
 ROLES = ("train", "eval", "test")
 
 
@@ -133,21 +135,17 @@ def read_mask(paths, problems: list, num_classes: int) -> np.ndarray | None:
 
 def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[str], role: str,
                saliency_stem: str | None, mask_paths: list[str], num_classes: int, mask=None) -> dict:
-    """The record item of one image from its files, for any source (see ``load_item``)."""
+    """The record item of one image from its files, for any source (see ``load_item``). The
+    image goes through the shared reader (``dcsp_dist.images.record_jpeg``): a plain JPEG
+    keeps its bytes, anything else is stored upright as RGB JPEG."""
     item = {"id": image_id, "problems": problems, "saliency_png": None, "mask_png": None}
     if not os.path.isfile(path):
         problems.append(f"{path}: no image for id {image_id}")
         return item
-    with open(path, "rb") as fh:
-        jpeg = fh.read()
     try:
-        with Image.open(io.BytesIO(jpeg)) as im:
-            if im.format != "JPEG":
-                raise ValueError(f"a {im.format} file, not a JPEG")
-            im.load()  # raises on truncated data
-            width, height = im.size
-    except (OSError, ValueError, SyntaxError) as exc:
-        problems.append(f"{path}: not a readable JPEG ({exc})")
+        jpeg, height, width = record_jpeg(path)
+    except BadImage as exc:
+        problems.append(str(exc))
         return item
     item.update(jpeg=jpeg, height=height, width=width)
     if role == "train" and tags is not None and not tags and not problems:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from dcsp_dist import atomic
 from tests.hvd import run_python, run_ranks
 
 TRAIN = ["-m", "dcsp_dist.train", "--config", "tiny_test", "--set", "checkpoint_every=2",
@@ -225,13 +226,12 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
     import keras
     import tensorflow as tf
 
-    from dcsp_dist import workdir as layout
     from dcsp_dist.checkpoints import save as _save
 
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64)])
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(small_tmpfs / "ckpt"), max_to_keep=3)
     manager.save(checkpoint_number=1)
-    layout.write_json(str(small_tmpfs / "results.json"), {"miou": 0.5})
+    atomic.write_json(str(small_tmpfs / "results.json"), {"miou": 0.5})
     before = sorted(os.listdir(small_tmpfs / "ckpt"))
     _fill(small_tmpfs)
     with pytest.raises(OSError, match=r"saving checkpoint .*ckpt-2 failed .*earlier checkpoints kept: ckpt-1"):
@@ -240,7 +240,7 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
     from dcsp_dist import checkpoints
     assert checkpoints.problem(str(small_tmpfs / "ckpt" / "ckpt-1")) is None
     with pytest.raises(OSError, match=r"writing .*results.json failed"):
-        layout.write_json(str(small_tmpfs / "results.json"), {"miou": 0.6, "pad": "x" * 100_000})
+        atomic.write_json(str(small_tmpfs / "results.json"), {"miou": 0.6, "pad": "x" * 100_000})
     assert json.load(open(small_tmpfs / "results.json")) == {"miou": 0.5}
     assert not [f for f in os.listdir(small_tmpfs) if ".tmp" in f]
 
