@@ -24,6 +24,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
@@ -71,7 +72,6 @@ class Plan:
 class Written:
     """The shards one build wrote under temporary names, and what went into them."""
     tmp: list
-    final: list
     counts: list
     skipped: list
     have_saliency: int = 0
@@ -80,6 +80,13 @@ class Written:
     @property
     def total(self) -> int:
         return sum(self.counts)
+
+    def kept(self, split: str) -> list:
+        """``(temporary file, final name)`` of the shards that hold examples, numbered anew:
+        items skipped after planning (unreadable, or left out by the source's rule) can
+        empty a planned shard, and an empty shard is never published."""
+        full = [t for t, n in zip(self.tmp, self.counts) if n]
+        return [(t, records.shard_name(split, i, len(full))) for i, t in enumerate(full)]
 
 
 def plan(ids: list, split: str, role: str | None, num_shards: int | None, keys: list | None = None) -> Plan:
@@ -108,9 +115,9 @@ def write_shards(the_plan: Plan, source: Source, out: str, skip_bad: bool, worke
     BuildError lists them all. On any failure the temporary files are removed."""
     import tensorflow as tf  # only the parent writes records
 
-    final = [os.path.join(out, records.shard_name(the_plan.split, i, the_plan.num_shards))
-             for i in range(the_plan.num_shards)]
-    done = Written([temp_name(f) for f in final], final, [0] * the_plan.num_shards, [])
+    planned = [os.path.join(out, records.shard_name(the_plan.split, i, the_plan.num_shards))
+               for i in range(the_plan.num_shards)]
+    done = Written([temp_name(f) for f in planned], [0] * the_plan.num_shards, [])
     writers = [None] * the_plan.num_shards
     problems = the_plan.problems
     num_tags = len(source.class_names) - 1
@@ -143,9 +150,7 @@ def write_shards(the_plan: Plan, source: Source, out: str, skip_bad: bool, worke
             raise BuildError(problems)
         if done.total == 0:
             raise BuildError(problems + [f"split {the_plan.split}: no usable examples"])
-        for i, w in enumerate(writers):
-            if w is None:  # every item of this shard was skipped: still write the file
-                tf.io.TFRecordWriter(done.tmp[i]).close()
+        print("".join(f"bad: {p} (skipped)\n" for p in problems), end="", file=sys.stderr, flush=True)
     except BaseException:
         _close(writers)
         for t in done.tmp:
@@ -162,35 +167,47 @@ def _close(writers) -> None:
 
 
 def publish_split(the_plan: Plan, done: Written, out: str, source: Source) -> dict:
-    """Rename the shards into place (fsync'ed), then write the manifest, then remove the
-    shards of an earlier build of the split that this one does not overwrite."""
-    shards = [{"file": os.path.basename(f), "num_examples": done.counts[i], "bytes": os.path.getsize(done.tmp[i]),
-               "sha256": records.sha256_file(done.tmp[i])} for i, f in enumerate(done.final)]
+    """Rename the shards that hold examples into place (fsync'ed, numbered anew), then write
+    the manifest, then remove the shards of an earlier build of the split that this one does
+    not overwrite (only names of this split's shard pattern, inside ``out``)."""
+    kept = done.kept(the_plan.split)
+    shards = [{"file": name, "num_examples": n, "bytes": os.path.getsize(t), "sha256": records.sha256_file(t)}
+              for (t, name), n in zip(kept, [n for n in done.counts if n])]
     manifest = {
         "schema_version": records.SCHEMA_VERSION, "split": the_plan.split, "role": the_plan.role,
-        "num_examples": done.total, "num_shards": the_plan.num_shards, "shards": shards,
+        "num_examples": done.total, "num_shards": len(kept), "shards": shards,
         "class_names": list(source.class_names), "source": source.NAME,
         "has_saliency": done.have_saliency == done.total, "has_mask": done.have_mask == done.total,
         "source_root": os.path.abspath(source.root), "skipped": len(done.skipped),
     }
-    old = records.manifest_path(out, the_plan.split)
-    stale = []
-    if os.path.isfile(old):
-        try:
-            stale = [s["file"] for s in json.load(open(old))["shards"]]
-        except (ValueError, KeyError):
-            stale = []
-    for t, f in zip(done.tmp, done.final):
-        publish(t, f)          # fsync, rename, fsync the directory
+    stale = _earlier_shards(out, the_plan.split)
+    for t, name in kept:
+        publish(t, os.path.join(out, name))          # fsync, rename, fsync the directory
+    for t in done.tmp:                                # the planned shards that stayed empty
+        if os.path.exists(t):
+            os.remove(t)
     if done.skipped:
         write_json(os.path.join(out, f"{the_plan.split}.skipped.json"),
                    {"split": the_plan.split, "skipped": done.skipped})
     write_json(records.manifest_path(out, the_plan.split), manifest)
-    for name in set(stale) - {os.path.basename(f) for f in done.final}:
+    for name in stale - {name for _, name in kept}:
         path = os.path.join(out, name)
         if os.path.exists(path):
             os.remove(path)
     return manifest
+
+
+def _earlier_shards(out: str, split: str) -> set:
+    """The shard names an earlier manifest of ``split`` lists that this build may remove:
+    only plain names of this split's pattern (``<split>-NNNNN-of-NNNNN.tfrecord``), so a
+    hand-edited or received manifest naming ``../x`` or ``/etc/x`` removes nothing outside."""
+    pattern = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord")
+    try:
+        with open(records.manifest_path(out, split)) as fh:
+            names = [s["file"] for s in json.load(fh)["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {n for n in names if isinstance(n, str) and pattern.fullmatch(n)}
 
 
 def build(root: str, ids: list[str], split: str, out: str, role: str | None = None,

@@ -246,6 +246,7 @@ def _assemble(chunks, target: str, model: Model) -> None:
                 position = end
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
         if not _matches(tmp, model.hash):
             raise ModelError(f"the assembled file does not match {model.hash[:20]}...")
         os.replace(tmp, target)

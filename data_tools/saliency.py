@@ -72,9 +72,9 @@ def _mb_plus(rgb: np.ndarray) -> np.ndarray:
 
 DETECTORS = {"mb-plus": _mb_plus, "frequency-tuned": frequency_tuned}
 DEFAULT_DETECTOR = "mb-plus"
-# One pass or DCSP's two, per detector family: the better on real VOC photos
+# One pass or DCSP's two, per detector family: the higher foreground IoU on real VOC photos
 # (benchmarks/saliency_bench.py over 40 VOC val photos; docs/data-sources.md).
-DEFAULT_PASSES = {"mb-plus": 1, "frequency-tuned": 1, "model": 2}
+DEFAULT_PASSES = {"mb-plus": 1, "frequency-tuned": 2, "model": 2}
 
 
 class ModelDetector:

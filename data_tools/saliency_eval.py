@@ -3,12 +3,14 @@
     python -m data_tools.saliency_eval --saliency saliency/ --masks masks/ [--json scores.json]
 
 Pairs ``<saliency>/<stem>.png`` (0..255) with ``<masks>/<stem>.png`` (class-index PNG:
-foreground = any class but 0; 255, "void", counts as background) and prints, per image and
-on average:
+foreground = any class but 0; 255, VOC's "void" band around object borders, is left out of
+every score, as segmentation evaluation leaves it out) and prints, per image and on average:
 - foreground IoU with the map thresholded at 0.5;
 - max F-measure (beta^2 = 0.3, the salient-object benchmarks' choice) over 255 thresholds;
 - MAE, the mean absolute difference between the map (0..1) and the binary foreground;
-- S-measure (Fan et al., ICCV 2017, alpha = 0.5): structural similarity of objects and regions.
+- S-measure (Fan et al., ICCV 2017, alpha = 0.5): structural similarity of objects and regions
+  (it needs the whole image: there, void pixels take the mask's value, so they neither add
+  nor cost).
 Judge a detector (``data_tools.saliency --detector/--model``) on a labelled handful before
 building records. The formulas are written here (NumPy): pysodmetrics has them too, but it
 pins opencv below 5 and brings SciPy, scikit-image and scikit-learn for four formulas.
@@ -25,8 +27,11 @@ from PIL import Image
 EPS = np.finfo(np.float64).eps
 
 
+VOID = 255
+
+
 def foreground(mask: np.ndarray) -> np.ndarray:
-    return (mask > 0) & (mask != 255)
+    return (mask > 0) & (mask != VOID)
 
 
 def iou_at_half(sal: np.ndarray, fg: np.ndarray) -> float:
@@ -94,9 +99,12 @@ def _ssim(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def scores(sal: np.ndarray, mask: np.ndarray) -> dict:
-    """All four scores of one map (float 0..1, [H, W]) against one class-index mask."""
-    fg = foreground(mask)
-    return {"iou": iou_at_half(sal, fg), "max_f": max_f(sal, fg), "mae": mae(sal, fg), "s_measure": s_measure(sal, fg)}
+    """All four scores of one map (float 0..1, [H, W]) against one class-index mask, void
+    (255) left out."""
+    fg, valid = foreground(mask), mask != VOID
+    whole = np.where(valid, sal, fg.astype(sal.dtype))
+    return {"iou": iou_at_half(sal[valid], fg[valid]), "max_f": max_f(sal[valid], fg[valid]),
+            "mae": mae(sal[valid], fg[valid]), "s_measure": s_measure(whole, fg)}
 
 
 def evaluate(saliency_dir: str, masks_dir: str) -> dict:

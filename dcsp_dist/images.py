@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-JPEG_QUALITY = 95             # a record's re-encoded JPEG (only for images that are not plain JPEGs)
+JPEG_QUALITY = 95             # a record's re-encoded JPEG (only for images that are not plain JPEGs), 4:4:4
 _ORIENTATION = 0x0112          # EXIF tag
 
 
@@ -101,7 +101,7 @@ def record_jpeg(path: str) -> tuple[bytes, int, int]:
     if plain:
         return data, rgb.shape[0], rgb.shape[1]
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)   # 4:4:4: colours kept
     return buf.getvalue(), rgb.shape[0], rgb.shape[1]
 
 

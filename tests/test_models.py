@@ -1,0 +1,171 @@
+"""Saliency models by name (data_tools.models): real downloads over HTTP from a server on
+localhost that serves a package the test builds in the chunked npm layout (chunks named by
+their sha256, dist/resources.json), its tarball, and a plain release file. No network."""
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import tarfile
+import threading
+
+import pytest
+
+from data_tools import models, saliency
+
+CHUNK = 1000
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Files under the served directory; a path under /cut/ sends half its bytes and closes."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/cut/"):
+            data = open(os.path.join(self.directory, self.path[len("/cut/"):]), "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.connection.close()
+            return
+        super().do_GET()
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """(base URL, served directory, the model's bytes): package/dist/ with 5 chunks of a
+    4,500-byte "model" under /models/small, and package.tgz holding the same package."""
+    root = tmp_path / "www"
+    dist = root / "package" / "dist"
+    dist.mkdir(parents=True)
+    payload = os.urandom(4500)
+    chunks = []
+    for start in range(0, len(payload), CHUNK):
+        part = payload[start:start + CHUNK]
+        digest = hashlib.sha256(part).hexdigest()
+        (dist / digest).write_bytes(part)
+        chunks.append({"hash": digest, "offsets": [start, start + len(part)]})
+    chunks.reverse()                                   # listed out of order: assembly sorts by offset
+    (dist / "resources.json").write_text(json.dumps({"/models/small": {"chunks": chunks, "size": len(payload)}}))
+    with tarfile.open(root / "package.tgz", "w:gz") as tar:
+        tar.add(root / "package", arcname="package")
+    (root / "model.onnx").write_bytes(payload)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", root, payload
+    server.shutdown()
+
+
+def _model(sources, payload, name="toy"):
+    return models.Model(name, f"{name}.onnx", "sha256:" + hashlib.sha256(payload).hexdigest(), len(payload),
+                        "isnet", "test", tuple(sources))
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_npm_chunks_from_the_cdn_and_from_the_tarball_are_byte_exact(served, tmp_path):
+    base, root, payload = served
+    for source in (models.NpmChunks("/models/small", base=base + "package/dist/"),
+                   models.NpmChunks("/models/small", tarball=(base + "package.tgz",
+                                                              "sha256:" + _sha(root / "package.tgz")))):
+        cache = tmp_path / f"cache-{'cdn' if source.base else 'tgz'}"
+        path = models.fetch(_model([source], payload), str(cache), progress=False)
+        assert open(path, "rb").read() == payload
+        assert sorted(os.listdir(cache)) == [".toy.onnx.lock", "toy.onnx"]      # nothing else left
+
+
+def test_a_corrupt_chunk_is_refused_and_nothing_is_cached(served, tmp_path):
+    base, root, payload = served
+    dist = root / "package" / "dist"
+    victim = sorted(p for p in dist.iterdir() if p.name != "resources.json")[0]
+    victim.write_bytes(b"x" + victim.read_bytes()[1:])                        # same name, other bytes
+    with tarfile.open(root / "bad.tgz", "w:gz") as tar:
+        tar.add(root / "package", arcname="package")
+    sources = [models.NpmChunks("/models/small", base=base + "package/dist/"),
+               models.NpmChunks("/models/small", tarball=(base + "bad.tgz", "sha256:" + _sha(root / "bad.tgz")))]
+    cache = tmp_path / "cache"
+    with pytest.raises(models.ModelError) as err:
+        models.fetch(_model(sources, payload), str(cache), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "no source answered" in message
+    assert "does not match its sha256" in message                 # the tarball route's chunk check
+    assert "SHA256 hash of downloaded file" in message             # pooch's check on the CDN route
+    assert os.path.join(str(cache), "toy.onnx") in message and _model(sources, payload).hash[7:] in message
+    assert [n for n in os.listdir(cache) if not n.startswith(".toy.onnx.lock")] == []
+
+
+def test_an_interrupted_download_leaves_nothing_that_is_used(served, tmp_path):
+    base, _, payload = served
+    cache = tmp_path / "cache"
+    cut = _model([models.Url(base + "cut/model.onnx")], payload)
+    with pytest.raises(models.ModelError):
+        models.fetch(cut, str(cache), progress=False)
+    assert not (cache / "toy.onnx").exists() and models.cached(cut, str(cache)) is None
+    whole = _model([models.Url(base + "cut/model.onnx"), models.Url(base + "model.onnx")], payload)
+    assert open(models.fetch(whole, str(cache), progress=False), "rb").read() == payload   # the next source
+
+
+def test_a_name_resolves_to_the_cached_file_and_a_damaged_cache_is_fetched_again(served, tmp_path, monkeypatch):
+    base, _, payload = served
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DCSP_MODELS", str(cache))
+    monkeypatch.setitem(models.REGISTRY, "toy", _model([models.Url(base + "model.onnx")], payload))
+    path, preset = models.resolve("toy", progress=False)
+    assert (path, preset) == (str(cache / "toy.onnx"), "isnet") and open(path, "rb").read() == payload
+    assert models.main(["path", "toy"]) == 0
+    (cache / "toy.onnx").write_bytes(payload[:100])                             # damaged in the cache
+    assert models.cached(models.REGISTRY["toy"]) is None
+    assert open(models.resolve("toy", progress=False)[0], "rb").read() == payload
+    assert models.resolve(str(tmp_path / "mine.onnx")) == (str(tmp_path / "mine.onnx"), None)   # a file path
+
+
+def test_unknown_names_and_unreachable_sources_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DCSP_MODELS", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
+    assert saliency.main(["--images", str(photos), "--out-dir", str(tmp_path / "s"), "--model", "isnet-xl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "isnet-xl: not a model name (isnet, isnet-fp16" in err[0]
+    dead = models.Model("dead", "dead.onnx", "sha256:" + "0" * 64, 1, "isnet", "test",
+                        (models.Url("http://127.0.0.1:9/dead.onnx"),))
+    monkeypatch.setitem(models.REGISTRY, "dead", dead)
+    assert models.main(["fetch", "dead"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "http://127.0.0.1:9/dead.onnx" in err[0] and "put it at" in err[0]
+    assert models.main(["path", "dead"]) == 1
+
+
+def test_the_registry_names_what_the_issue_asks_for():
+    for name in ("isnet", "isnet-fp16", "u2net", "u2netp"):
+        m = models.REGISTRY[name]
+        assert m.hash.split(":")[0] in ("sha256", "md5") and m.licence and m.sources
+        assert m.preset in ("isnet", "u2net")
+    isnet = models.REGISTRY["isnet"]
+    assert isnet.size == 44_342_436 and isnet.hash.startswith("sha256:7001d607")
+    assert [type(s).__name__ for s in isnet.sources] == ["NpmChunks", "NpmChunks"]
+    assert isnet.sources[1].tarball[0].startswith("https://registry.npmjs.org/@imgly/background-removal-data/")
+
+
+def test_tarball_members_are_read_not_extracted(served, tmp_path):
+    """A tarball whose resources.json names a missing chunk is one clear error (nothing is
+    extracted to disk from a downloaded archive)."""
+    base, root, payload = served
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        index = json.dumps({"/models/small": {"chunks": [{"hash": "ab" * 32, "offsets": [0, 4500]}]}}).encode()
+        info = tarfile.TarInfo("package/dist/resources.json")
+        info.size = len(index)
+        tar.addfile(info, io.BytesIO(index))
+    (root / "missing.tgz").write_bytes(buf.getvalue())
+    source = models.NpmChunks("/models/small", tarball=(base + "missing.tgz", "sha256:" + _sha(root / "missing.tgz")))
+    with pytest.raises(models.ModelError, match="chunk abababababab... of /models/small is missing"):
+        models.fetch(_model([source], payload), str(tmp_path / "cache"), progress=False)
