@@ -89,19 +89,28 @@ class Written:
         return [(t, records.shard_name(split, i, len(full))) for i, t in enumerate(full)]
 
 
-def plan(ids: list, split: str, role: str | None, num_shards: int | None, keys: list | None = None) -> Plan:
-    """Duplicate ids are problems (the first keeps its key); the shard count must fit."""
+def plan(ids: list, split: str, role: str | None, num_shards: int | None, keys: list | None = None,
+         origin: str = "the id list") -> Plan:
+    """Duplicate ids are problems (the first keeps its key), and so are ids that are not plain
+    file names (they name ``<out>/<id>.png`` in predict; ``origin`` is the file they came
+    from); the shard count must fit."""
     role = role or role_for_split(split)
-    problems, seen = [], set()
+    problems, seen, refused = [], set(), set()
     for image_id in ids:
         if image_id in seen:
             problems.append(f"{image_id}: duplicate id in the split list")
+        why = records.id_problem(image_id)
+        if why and image_id not in refused:
+            problems.append(f"{origin}: id {image_id!r}: {why}")
+            refused.add(image_id)
         seen.add(image_id)
-    unique_ids = list(dict.fromkeys(ids))
-    if not unique_ids:
+    unique_ids = [i for i in dict.fromkeys(ids) if i not in refused]
+    if not ids:
         raise BuildError([f"split {split}: the id list is empty"])
     first = {image_id: i for i, image_id in reversed(list(enumerate(ids)))}
     unique_keys = [(keys or ids)[first[image_id]] for image_id in unique_ids]
+    if not unique_ids:
+        raise BuildError(problems + [f"split {split}: no usable ids"])
     num_shards = num_shards or default_shards(len(unique_ids))
     if not 1 <= num_shards <= len(unique_ids):
         raise BuildError([f"--num-shards {num_shards}: must be between 1 and the number of ids ({len(unique_ids)})"])
@@ -217,7 +226,7 @@ def build(root: str, ids: list[str], split: str, out: str, role: str | None = No
     BuildError listing every bad item. The source is VOC layout under ``root`` with ``ids``
     unless ``source`` is given (then its ids and keys are used)."""
     source = source or VocSource(root, ids)
-    the_plan = plan(source.ids, split, role, num_shards, source.keys)
+    the_plan = plan(source.ids, split, role, num_shards, source.keys, source.origin or "the id list")
     check_writable_dir(out, "--out")
     created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)

@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -288,6 +289,7 @@ def main(argv=None) -> int:
         return 2
     mine = place.share(jobs)
     tag = f"rank {place.rank} of {place.size}: " if place.size > 1 else ""
+    start = time.perf_counter()
     bar = dict(total=len(mine), desc=f"saliency {tag}".strip(), unit="img", disable=place.rank != 0)
     try:
         if detector is not None:
@@ -303,7 +305,8 @@ def main(argv=None) -> int:
     counts = {k: sum(1 for r, _ in results if r == k) for k in ("wrote", "kept", "bad")}
     print("".join(f"bad: {p}\n" for r, p in results if r == "bad"), end="", file=sys.stderr, flush=True)
     print(f"[saliency] {tag}wrote {counts['wrote']}, kept {counts['kept']} already done, {counts['bad']} bad, of "
-          f"{len(mine)} images ({len(jobs)} in all) in {out_dir}\n", end="", flush=True)
+          f"{len(mine)} images ({len(jobs)} in all) in {out_dir}, {time.perf_counter() - start:.1f} s\n",
+          end="", flush=True)
     return 1 if counts["bad"] else 0
 
 

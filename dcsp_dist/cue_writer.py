@@ -116,18 +116,20 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
                               f"the {spec.source} stage's checkpoint")
     distributed.broadcast_state(model)
     cue_of = make_cue_fn(stage, cfg, model)
-    made_by = f"{layout.read_done(workdir, spec.source).get('weights_sha256')}/{cfg.digest()}"
-
+    # A cue shard is stamped with the model's weights, the settings that change results and its
+    # image shard's sha256: a changed model, setting or image shard redoes it, bookkeeping does not.
+    made_by = f"{layout.read_done(workdir, spec.source).get('weights_sha256')}/{cfg.stamp()}"
     counts = {os.path.join(data_dir, s["file"]): s["num_examples"] for s in manifest["shards"]}
+    stamps = {os.path.join(data_dir, s["file"]): f"{made_by}/{s['sha256'][:16]}" for s in manifest["shards"]}
     bar = progress(sum(counts[p] for p in mine), f"[{stage}] rank 0", enabled=ctx.is_chief)
     matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
     written, stopped = [], False
     for path in mine:
         target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
-        record = _finished(target, counts[path], made_by)
+        record = _finished(target, counts[path], stamps[path])
         if record is None:
             try:
-                record = _write_one(stage, cfg, data_dir, manifest, path, target, cue_of, bar, made_by)
+                record = _write_one(stage, cfg, data_dir, manifest, path, target, cue_of, bar, stamps[path])
             except _Stopped:
                 stopped = True
                 break
@@ -178,7 +180,7 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
     """Rank 0 writes ``cues.json`` (every cue shard's records and bytes, checked when a
     training stage reads them; the cues' mIoU against the training masks, when there are
     masks) and ``done.json``, and prints the per-class table."""
-    from dcsp_dist import distributed, metrics
+    from dcsp_dist import distributed, metrics, records
     summary = {"stage": stage, "num_images": manifest["num_examples"], "shards": shards}
     if seconds is not None:
         summary["seconds"] = round(seconds, 1)
@@ -188,7 +190,7 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
         distributed.log(metrics.format_table(result, manifest["class_names"], f"[{stage}] cue quality vs. training masks"))
     if ctx.is_chief:
         atomic.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
-        atomic.write_json(layout.done_path(workdir, stage), {k: v for k, v in summary.items()
-                                                              if k in ("stage", "num_images", "miou", "seconds")})
+        done = {k: v for k, v in summary.items() if k in ("stage", "num_images", "miou", "seconds")}
+        atomic.write_json(layout.done_path(workdir, stage), {**done, "records": records.records_digest(manifest)})
     distributed.barrier()
     return summary

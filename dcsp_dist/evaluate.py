@@ -56,13 +56,19 @@ def evaluate_each(args, ctx) -> list:
 
 
 def default_out(checkpoint: str, split: str) -> str:
-    """<run>/eval_<split> for a run or stage directory; beside the stage for a prefix."""
+    """<run>/eval_<split> for a run or stage directory, or for a checkpoint prefix inside a
+    run (``<run>/<stage>/ckpt/ckpt-N``); any other prefix needs --out (ValueError)."""
     from dcsp_dist import workdir as layout
     path = os.path.abspath(checkpoint)
     if os.path.isdir(path):
         run = os.path.dirname(path) if os.path.basename(path) in layout.SCHEDULE else path
     else:
-        run = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+        ckpt_dir = os.path.dirname(path)
+        stage_dir = os.path.dirname(ckpt_dir)
+        if os.path.basename(ckpt_dir) != "ckpt" or os.path.basename(stage_dir) not in layout.SCHEDULE:
+            raise ValueError(f"--checkpoint {checkpoint} is not inside a run directory (<run>/<stage>/ckpt/); "
+                             f"give --out for its results")
+        run = os.path.dirname(stage_dir)
     return os.path.join(run, f"eval_{split}")
 
 

@@ -143,7 +143,7 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
 def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
     """This rank's masks (and overlays) under ``out``; returns the count over all ranks and
     every rank's unreadable images."""
-    from dcsp_dist import distributed
+    from dcsp_dist import distributed, records
     from dcsp_dist.progress import progress
     masks_dir = _masks_dir(args, out)
     overlay_dir = os.path.join(out, "overlays")
@@ -154,6 +154,10 @@ def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
     bar = progress(job.num_images, f"predict {args.images or args.split} (rank 0)", enabled=ctx.is_chief)
     for ex, label, _ in job.results():
         image_id = ex["id"].numpy().decode()
+        why = records.id_problem(image_id)   # records built before build refused such ids
+        if why:
+            raise records.DataError(f"{args.data} split {args.split}: record id {image_id!r}: {why}; rebuild the "
+                                    f"records with data_tools.build, which refuses such ids")
         save_palette_png(label, os.path.join(masks_dir, f"{image_id}.png"))
         if args.overlays:
             save_overlay(ex["image"].numpy(), label, os.path.join(overlay_dir, f"{image_id}.jpg"), job.class_names)

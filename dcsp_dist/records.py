@@ -23,6 +23,24 @@ def shard_name(split: str, index: int, count: int, suffix: str = "tfrecord") -> 
     return f"{split}-{index:05d}-of-{count:05d}.{suffix}"
 
 
+def id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` cannot name an output file (``<out>/<id>.png``), or None. An id is a
+    plain file name: not empty, not ``.`` or ``..``, no ``/`` or ``\\``, no control characters."""
+    if not image_id or image_id in (".", ".."):
+        return "an id must be a plain file name (not empty, '.' or '..')"
+    if "/" in image_id or "\\" in image_id:
+        return "an id must be a plain file name, without '/' or '\\' (it names <out>/<id>.png)"
+    if any(ord(c) < 32 for c in image_id):
+        return "an id must not hold control characters"
+    return None
+
+
+def records_digest(manifest: dict) -> str:
+    """16 hex digits over a split's shard sha256s: what a stage's outputs were made from."""
+    import hashlib
+    return hashlib.sha256("\n".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()[:16]
+
+
 def manifest_path(directory: str, split: str) -> str:
     return os.path.join(directory, f"{split}.manifest.json")
 

@@ -175,7 +175,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
     world.train(start, trainer.steps, batches, loop, cfg.elastic_commit_every)
-    _finish(stage, trainer, ckpts, reporter, world.context, start, workdir)
+    _finish(stage, trainer, ckpts, reporter, world.context, start, workdir, inputs)
     return trainer
 
 
@@ -190,10 +190,10 @@ def _initialise(model, spec, cfg, workdir: str) -> str:
     return f"initialised from {load_initial_weights(model, cfg.init_weights)}"
 
 
-def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str) -> None:
+def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str, inputs: TrainInputs) -> None:
     """Check every rank holds the same weights, then rank 0 saves the final checkpoint and
-    writes done.json."""
-    from dcsp_dist import distributed
+    writes done.json (with the digest of the records it trained on)."""
+    from dcsp_dist import distributed, records
     ranks = distributed.check_weights_in_sync(trainer.model.variables, f"[{stage}] end of stage")
     # Rank 0 prints every rank's gathered digest in one write: lines printed by each rank
     # reach mpirun's output in pieces and can be spliced into one another.
@@ -207,7 +207,7 @@ def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str)
         atomic.write_json(layout.done_path(workdir, stage),
                           {"stage": stage, "steps": steps, "checkpoint": os.path.relpath(ckpts.latest, directory),
                            "seconds": round(time.time() - reporter.t0, 1), "weights_sha256": ranks[0][0],
-                           "hosts": sorted({h for _, h in ranks})})
+                           "hosts": sorted({h for _, h in ranks}), "records": records.records_digest(inputs.manifest)})
         distributed.log(f"[{stage}] done: {ckpts.latest}")
     distributed.barrier()
 
@@ -233,11 +233,22 @@ def check_inputs(stages, cfg, world, data_dir: str, verify_data: bool = False) -
     return TrainInputs(data_dir, manifest, shards)
 
 
-def _is_done(workdir: str, stage: str) -> bool:
-    """done.json exists and, for a training stage, the checkpoint it names reads back."""
-    from dcsp_dist import checkpoints, distributed
+def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
+    """done.json exists, the stage was done on these records and, for a training stage, the
+    checkpoint it names reads back. A cue stage done on other records is redone (its shards
+    whose image shard is unchanged are kept); a training stage is refused (ValueError)."""
+    from dcsp_dist import checkpoints, distributed, records
     if not layout.is_done(workdir, stage):
         return False
+    made_from, now = layout.read_done(workdir, stage).get("records"), records.records_digest(inputs.manifest)
+    if made_from not in (None, now):    # runs written before done.json recorded it: taken as they are
+        if not stage_table.get(stage).trains:
+            distributed.log(f"[{stage}] the training records changed since this stage was done; redoing it "
+                            f"(cue shards of unchanged image shards are kept)")
+            return False
+        raise ValueError(f"[{stage}] was trained on other records than {inputs.data_dir} split "
+                         f"{inputs.manifest['split']} holds now (records {made_from}, now {now}); train on a new "
+                         f"--workdir, or delete {layout.stage_dir(workdir, stage)} and the stages after it")
     if stage_table.get(stage).trains:
         prefix = layout.stage_checkpoint(workdir, stage)
         why = checkpoints.problem(prefix)
@@ -280,7 +291,7 @@ def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
     from dcsp_dist.cue_writer import cue_stage
     for name in stages:
         # Rank 0 owns the run directory; every rank follows its view of what is done.
-        if world.agree(lambda name=name: _is_done(workdir, name)):
+        if world.agree(lambda name=name: _is_done(workdir, name, inputs)):
             distributed.log(f"[{name}] already done, skipping")
         elif stage_table.get(name).trains:
             train_stage(name, cfg, world, inputs, workdir)

@@ -74,7 +74,7 @@ class FixedWorld:
             lock.acquire(warn)
             try:
                 config_lib.check_config_unchanged(workdir, settings, allow_changed, warn)
-            except ValueError:
+            except BaseException:   # a refusal, or an OSError writing config_changes.json (a full disk)
                 lock.release()
                 raise
         self.agree(take)

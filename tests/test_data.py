@@ -121,7 +121,9 @@ def test_skip_bad_writes_good_items_and_a_report(tmp_path, synth_voc):
                        "--skip-bad", "--quiet", "--workers", "1", "--num-shards", "2"]) == 0
     report = json.load(open(out / "train.skipped.json"))
     assert {s["id"] for s in report["skipped"]} >= {ids[0], ids[1], ids[2], "no_such_image"}
-    assert records.read_manifest(str(out), "train")["num_examples"] == 1     # ids[9] is the only good one
+    manifest = records.read_manifest(str(out), "train")
+    assert manifest["num_examples"] == 1                                      # ids[9] is the only good one
+    assert manifest["num_shards"] == 1 and manifest["shards"][0]["num_examples"] == 1   # no empty shard
     assert verify.main([str(out)]) == 0
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 

@@ -5,6 +5,7 @@ import pytest
 
 from dcsp_dist import config
 from dcsp_dist.models import backbone, build_model, export_caffe_dict, load_caffe_dict, parameter_groups
+from dcsp_dist.models.weights import main as weights_main
 from dcsp_dist.models.weights import read_caffe_file, write_caffe_file
 
 TINY = config.make_config("tiny_test", {"normalization": "frozen_batch_norm"})  # Caffe/ImageNet layout
@@ -65,6 +66,11 @@ def test_caffe_export_import_round_trip(tmp_path, suffix):
         v.assign(np.abs(value) + 0.5 if "variance" in v.path else value)
     path = str(tmp_path / f"weights{suffix}")
     write_caffe_file(export_caffe_dict(source), path)
+    if suffix == ".npy":   # the authors' pickled dict: refused as it is, loaded after the one-time conversion
+        with pytest.raises(ValueError, match="pickled .npy"):
+            read_caffe_file(path)
+        assert weights_main(["convert", "--trust-pickle", path, str(tmp_path / "converted.npz")]) == 0
+        path = str(tmp_path / "converted.npz")
     target = build_model(TINY.replace(seed=9))
     loaded = load_caffe_dict(target, path)
     assert "conv1" in loaded and "bn_conv1" in loaded and "fc1_voc12_d0" in loaded
@@ -77,6 +83,36 @@ def test_caffe_export_import_round_trip(tmp_path, suffix):
     load_caffe_dict(again, export_caffe_dict(target))
     np.testing.assert_array_equal(target(x)["segmentation"], again(x)["segmentation"])
     assert set(read_caffe_file(path)) == set(export_caffe_dict(target))
+
+
+class _Opens:
+    """A pickle that, when loaded, writes a file: what a received .npy could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_npy_is_never_unpickled_by_default(tmp_path, capsys):
+    victim = tmp_path / "written_by_pickle"
+    bad = tmp_path / "init.npy"
+    np.save(bad, np.array({"conv1": _Opens(str(victim))}, dtype=object), allow_pickle=True)
+    model = build_model(TINY)
+    for load in (lambda: read_caffe_file(str(bad)), lambda: load_caffe_dict(model, str(bad)),
+                 lambda: make_config_and_load(model, str(bad))):
+        with pytest.raises(ValueError, match="loading a pickle can run code") as err:
+            load()
+        assert "convert --trust-pickle" in str(err.value) and "\n" not in str(err.value)
+    assert not victim.exists()
+    assert weights_main(["convert", str(bad), str(tmp_path / "x.npz")]) == 2            # no opt-in: nothing read
+    assert "pass --trust-pickle" in capsys.readouterr().err and not victim.exists()
+
+
+def make_config_and_load(model, spec):
+    from dcsp_dist.models.weights import load_initial_weights
+    return load_initial_weights(model, spec)
 
 
 def test_malformed_caffe_dict_is_one_clear_error_and_loads_nothing():

@@ -29,7 +29,8 @@ class Source:
     - ``NAME`` (recorded in the manifest as ``source``), ``FLAG`` (the option that selects it,
       e.g. ``--root``) and ``COMPANIONS`` (options that only go with it);
     - ``add_arguments(group)`` and ``from_args(args)`` (which raises SourceError);
-    - ``root`` (recorded as ``source_root``), ``class_names`` (background first), ``ids``,
+    - ``root`` (recorded as ``source_root``), ``origin`` (the file the ids come from),
+      ``class_names`` (background first), ``ids``,
       ``keys`` (one per id, what ``load`` takes; picklable), ``default_split`` (or None);
     - ``load(key, role)``: the item of one image (``load_files`` makes it), run in worker
       processes, so the source object itself is pickled: keep it small.
@@ -40,6 +41,7 @@ class Source:
     TITLE = ""
 
     root: str
+    origin: str = ""          # the file the ids come from (named when an id is refused)
     class_names: list
     ids: list
     keys: list

@@ -129,7 +129,7 @@ class CocoSource(Source):
             raise SourceError(f"--coco-annotations needs --images DIR (the folder of its images){why}")
         self.class_names, self.keys = read_coco(annotations)
         self.ids = [os.path.splitext(k["file_name"])[0] for k in self.keys]
-        self.root, self.saliency_dir = os.path.abspath(images), saliency_dir
+        self.root, self.saliency_dir, self.origin = os.path.abspath(images), saliency_dir, annotations
 
     @classmethod
     def add_arguments(cls, group) -> None:

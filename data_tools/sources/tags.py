@@ -61,7 +61,7 @@ class TagListSource(Source):
             lines = read_tag_list(tag_list)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
-        self.root = os.path.dirname(os.path.abspath(tag_list))
+        self.root, self.origin = os.path.dirname(os.path.abspath(tag_list)), tag_list
         self.ids = [os.path.splitext(os.path.basename(fields[0]))[0] for fields in lines]
         self.keys, self.saliency_dir = lines, saliency_dir
         self.default_split = os.path.splitext(os.path.basename(tag_list))[0]

@@ -105,8 +105,10 @@ class VocSource(Source):
         problem = check_root_and_list(args.root, args.split_list or "")
         if problem:
             raise SourceError(problem)
-        return cls(args.root, read_id_list(args.split_list), args.saliency_dir,
-                   os.path.splitext(os.path.basename(args.split_list))[0])
+        source = cls(args.root, read_id_list(args.split_list), args.saliency_dir,
+                     os.path.splitext(os.path.basename(args.split_list))[0])
+        source.origin = args.split_list
+        return source
 
     def load(self, key, role: str) -> dict:
         return load_item(self.root, key, role=role, saliency_dir=self.saliency_dir)

@@ -58,22 +58,49 @@ def caffe_names(model) -> dict[str, tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- caffe I/O
 def read_caffe_file(path: str) -> dict[str, dict[str, np.ndarray]]:
-    """Read a Caffe-converted dict from ``.npy`` (pickled dict) or ``.npz`` (flat keys)."""
+    """Read a Caffe-converted dict from ``.npz`` (flat keys), or from a ``.npy`` that holds
+    plain arrays only. The authors' ``.npy`` is a pickled dict, and a pickle can run code
+    when loaded: it is refused here, with the one-time conversion that unpickles it on the
+    user's word (``python -m dcsp_dist.models.weights convert --trust-pickle IN.npy OUT.npz``)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.endswith(".npz"):
-        nested: dict = {}
-        with np.load(path) as data:
-            for key in data.files:
-                if "/" not in key:
-                    raise ValueError(f"{path}: key {key!r} is not of the form 'layer/param'")
-                layer, param = key.split("/", 1)
-                nested.setdefault(layer, {})[param] = data[key]
-        return nested
-    obj = np.load(path, allow_pickle=True, encoding="latin1")
+        return _read_npz(path)
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise ValueError(f"{path}: not a readable .npy ({exc})") from None
+        raise ValueError(f"{path} is a pickled .npy (a dict of layers, as the authors' Caffe conversion saves it); "
+                         f"loading a pickle can run code from the file, so it is not loaded. Convert it once, if you "
+                         f"trust the file: python -m dcsp_dist.models.weights convert --trust-pickle {path} "
+                         f"{os.path.splitext(path)[0]}.npz, then use the .npz") from None
+    raise ValueError(f"{path}: expected a dict of layers, got an array {obj.shape}; save the weights as .npz with "
+                     f"'layer/param' keys")
+
+
+def _read_npz(path: str) -> dict[str, dict[str, np.ndarray]]:
+    nested: dict = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            if "/" not in key:
+                raise ValueError(f"{path}: key {key!r} is not of the form 'layer/param'")
+            layer, param = key.split("/", 1)
+            nested.setdefault(layer, {})[param] = data[key]
+    return nested
+
+
+def convert_pickled(source: str, target: str) -> int:
+    """Unpickle the authors' ``.npy`` dict ``source`` (the caller has said it trusts it) and
+    write it as ``.npz`` ``target``, which loads without pickle. Returns the layer count."""
+    if not target.endswith(".npz"):
+        raise ValueError(f"{target}: the converted file must be a .npz")
+    obj = np.load(source, allow_pickle=True, encoding="latin1")
     if obj.dtype != object or not isinstance(obj.item(), dict):
-        raise ValueError(f"{path}: expected a .npy holding a dict of layers, got an array {obj.shape}")
-    return obj.item()
+        raise ValueError(f"{source}: expected a .npy holding a dict of layers, got an array {obj.shape}")
+    weights = obj.item()
+    write_caffe_file(weights, target)
+    return len(weights)
 
 
 def write_caffe_file(weights: dict, path: str) -> None:
@@ -221,3 +248,34 @@ def load_initial_weights(model, spec: str) -> str:
         return f"Caffe dict {spec}"
     load_imagenet_backbone(model, spec)
     return f"ImageNet ResNet101 ({spec})"
+
+
+def main(argv=None) -> int:
+    """``convert --trust-pickle IN.npy OUT.npz``: the one-time conversion of a pickled dict."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="python -m dcsp_dist.models.weights",
+                                     description="Convert the authors' pickled .npy weights dict to .npz once.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert = sub.add_parser("convert", help="unpickle IN.npy (only a file you trust: a pickle can run code) and "
+                                             "write OUT.npz, which loads without pickle")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="required: you trust IN.npy, whose loading runs any code a pickle holds")
+    convert.add_argument("source")
+    convert.add_argument("target")
+    args = parser.parse_args(argv)
+    if not args.trust_pickle:
+        print(f"error: {args.source}: unpickling can run code from the file; pass --trust-pickle if you trust it",
+              file=sys.stderr)
+        return 2
+    try:
+        count = convert_pickled(args.source, args.target)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.target} ({count} layers); use it as init_weights: it loads without pickle")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -57,16 +56,21 @@ def test_resume_after_interruption_keeps_step_and_learning_rate(synth_records, t
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test",
            "--data", str(synth_records), "--workdir", str(workdir), "--set", "attention_steps=150",
-           "--set", "checkpoint_every=5", "--set", "image_summary_every=1000"]
+           "--set", "checkpoint_every=5", "--set", "image_summary_every=1000", "--set", "log_every=1"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", DCSP_THREADS="1", HOROVOD_CYCLE_TIME="1", PYTHONPATH=ROOT)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while not list((workdir / "attention" / "ckpt").glob("ckpt-10.index")) and time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.5)
+                            start_new_session=True, text=True)
+    # Interrupt at a step the test sees (the log line of step 12, after ckpt-10), not by
+    # watching for a checkpoint file that rotation deletes: the tiny model runs 150 steps in
+    # seconds, and a poll could miss the file or the whole job.
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(r"\[attention\] step 12/150 ", line):
+            break
     os.killpg(proc.pid, signal.SIGKILL)   # a hard interruption, mid-stage
     proc.wait()
+    assert any("step 12/150" in line for line in seen), "".join(seen)
     assert not (workdir / "attention" / "done.json").exists()
     import tensorflow as tf
     indexed = int(tf.train.latest_checkpoint(str(workdir / "attention" / "ckpt")).rsplit("-", 1)[1])
@@ -191,3 +195,41 @@ def test_adapt_with_crf_writes_cues_of_tagged_classes(tiny_run, synth_records, t
             assert labels <= tags[cue["id"].numpy().decode()]
             seen += 1
     assert seen == manifest["num_examples"]
+
+
+def test_cues_follow_their_records_and_not_bookkeeping(tiny_run, synth_voc, synth_records, tmp_path):
+    """Records rebuilt with other saliency (same ids, same sizes): rerunning the cue stage
+    redoes every shard, and the cues differ; a rerun that changes only log_every redoes none;
+    a training stage done on the old records is refused by name."""
+    import shutil
+
+    from data_tools import build, saliency, sources
+    workdir, _ = tiny_run
+    copy = tmp_path / "run"
+    for stage in ("attention", "cues"):
+        shutil.copytree(workdir / stage, copy / stage)
+    lists = synth_voc / "ImageSets" / "Segmentation"
+    assert saliency.main(["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--out-dir",
+                          str(tmp_path / "sal"), "--detector", "frequency-tuned", "--workers", "1"]) == 0
+    data = tmp_path / "records"
+    build.build(str(synth_voc), sources.read_id_list(str(lists / "train.txt")), "train", str(data), num_shards=4,
+                workers=1, progress=False, source=sources.VocSource(str(synth_voc), sources.read_id_list(
+                    str(lists / "train.txt")), saliency_dir=str(tmp_path / "sal")))
+    shutil.copy(synth_records / "val.manifest.json", data)
+    for f in synth_records.glob("val-*.tfrecord"):
+        shutil.copy(f, data)
+    shards = sorted((copy / "cues").glob("*.cues.tfrecord"))
+    before = {p.name: p.read_bytes() for p in shards}
+    stamps = {p.name: json.load(open(str(p) + ".json"))["made_by"] for p in shards}
+    train = ["-m", "dcsp_dist.train", "--config", "tiny_test", "--data", str(data), "--workdir", str(copy)]
+    out = run_ranks(2, *train, "--stage", "cues").stdout
+    assert "the training records changed since this stage was done; redoing it" in out
+    after = {p.name: p.read_bytes() for p in sorted((copy / "cues").glob("*.cues.tfrecord"))}
+    assert after.keys() == before.keys() and all(after[n] != before[n] for n in after)       # every shard redone
+    assert all(json.load(open(copy / "cues" / (n + ".json")))["made_by"] != stamps[n] for n in after)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (copy / "cues").glob("*.cues.tfrecord")}
+    os.remove(copy / "cues" / "done.json")
+    run_ranks(2, *train, "--stage", "cues", "--set", "log_every=7")
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "cues").glob("*.cues.tfrecord")} == mtimes   # none redone
+    proc = run_ranks(2, *train, "--stage", "attention", check=False)
+    assert proc.returncode != 0 and "[attention] was trained on other records" in proc.stdout + proc.stderr
