@@ -58,16 +58,16 @@ def model_step(cfg, atrous: bool):
     finally:
         deeplab.AtrousConv2D = keep
     variables = [v.value for v in parameter_groups(model).trainable(True)]
-    batch, crop = cfg.global_batch // 2, cfg.crop_size
-    tags = tf.cast(tf.random.stateless_uniform([batch, cfg.num_classes - 1], (1, 2)) > 0.8, tf.float32)
-    cue = tf.cast(tf.random.stateless_uniform([batch, crop, crop], (3, 4), 0, cfg.num_classes, tf.int32), tf.uint8)
+    batch, crop = cfg.optimizer.global_batch // 2, cfg.input.crop_size
+    tags = tf.cast(tf.random.stateless_uniform([batch, cfg.model.num_classes - 1], (1, 2)) > 0.8, tf.float32)
+    cue = tf.cast(tf.random.stateless_uniform([batch, crop, crop], (3, 4), 0, cfg.model.num_classes, tf.int32), tf.uint8)
 
     @tf.function
     def step(x):
         with tf.GradientTape() as tape:
             out = model(x, training=False)
             loss = losses.classification_loss(out["attention"], tags) + \
-                losses.segmentation_loss(out["segmentation"], cue, cfg.output_stride)
+                losses.segmentation_loss(out["segmentation"], cue, cfg.model.output_stride)
         return [loss] + tape.gradient(loss, variables)
     return step
 
@@ -103,11 +103,11 @@ def main():
         print(f"| {case} | {list(shape)} | {ms['keras']:.1f} | {ms['atrous']:.1f} | "
               f"{ms['keras'] / ms['atrous']:.2f}x | {diff:.1e} |")
     cfg = config.make_config("synthetic_demo")
-    x = tf.random.stateless_normal([cfg.global_batch // 2, cfg.crop_size, cfg.crop_size, 3], (5, 6)) * 50
+    x = tf.random.stateless_normal([cfg.optimizer.global_batch // 2, cfg.input.crop_size, cfg.input.crop_size, 3], (5, 6)) * 50
     fns = {"keras": model_step(cfg, atrous=False), "atrous": model_step(cfg, atrous=True)}
     ms = median_ms(fns, x, args.rounds, 4)
-    print(f"| demo training step (forward + backward, one rank's batch) | {cfg.global_batch // 2} x "
-          f"{cfg.crop_size}^2 | {ms['keras']:.0f} | {ms['atrous']:.0f} | {ms['keras'] / ms['atrous']:.2f}x | |")
+    print(f"| demo training step (forward + backward, one rank's batch) | {cfg.optimizer.global_batch // 2} x "
+          f"{cfg.input.crop_size}^2 | {ms['keras']:.0f} | {ms['atrous']:.0f} | {ms['keras'] / ms['atrous']:.2f}x | |")
 
 
 if __name__ == "__main__":

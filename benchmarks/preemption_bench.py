@@ -44,11 +44,11 @@ def main(argv=None) -> int:
     ctx = distributed.init()
     cfg = config.make_config(args.config, {})
     trainer = StageTrainer("attention", cfg)
-    per, crop = cfg.per_rank_batch(ctx.size), cfg.crop_size
+    per, crop = cfg.per_rank_batch(ctx.size), cfg.input.crop_size
     rng = np.random.default_rng(ctx.rank)
     batch = {"image": tf.constant(rng.integers(0, 255, (per, crop, crop, 3)), tf.float32),
              "valid": tf.constant([[crop, crop]] * per, tf.int32),
-             "tags": tf.constant(rng.integers(0, 2, (per, cfg.num_classes - 1)), tf.float32),
+             "tags": tf.constant(rng.integers(0, 2, (per, cfg.model.num_classes - 1)), tf.float32),
              "id": tf.constant([b"x"] * per)}
 
     five, flag = tf.constant(rng.random(5), tf.float32), tf.constant([0.0])

@@ -135,11 +135,14 @@ def write_index(ckpt_dir: str, latest: str, kept: list[str]) -> None:
     """
     import time
 
-    import tensorflow as tf
+    # What CheckpointManager itself calls to write its index; the public
+    # tf.compat.v1.train.update_checkpoint_state wraps it with a deprecation warning that
+    # would be printed at every resume (TensorFlow is pinned exactly, so the name holds).
+    from tensorflow.python.checkpoint.checkpoint_management import update_checkpoint_state_internal
     oldest_first = list(reversed(kept))
     stamps = [min(os.path.getmtime(p + ".index"), time.time()) for p in oldest_first]
-    tf.compat.v1.train.update_checkpoint_state(
-        ckpt_dir, latest, all_model_checkpoint_paths=oldest_first,
+    update_checkpoint_state_internal(
+        ckpt_dir, latest, all_model_checkpoint_paths=oldest_first, save_relative_paths=True,
         all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=min(stamps, default=time.time()) - 1.0)
 
 

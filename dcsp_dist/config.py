@@ -4,9 +4,12 @@ A ``Config`` is a name plus seven sections, each a frozen dataclass that checks 
 values: ``model``, ``input``, ``optimizer``, ``schedule``, ``inference``, ``crf`` and
 ``run``. Functions take the section they need (``crf.dense_crf(..., cfg.crf)``). Every
 setting has a dotted name, ``crf.iterations``, and a flat one, ``crf_iterations`` (the
-section's prefix for CRF settings, the bare field name for the others); ``cfg.crf_iterations``
-reads it, and ``--set`` takes either (``--set crf.iterations=5``, ``--set attention_steps=300``).
-An unknown name is one line naming the closest known ones.
+section's prefix for CRF settings, the bare field name for the others). Code reads settings by
+section (``cfg.crf.iterations``); flat names live only at the edges: ``--set`` takes either
+(``--set crf.iterations=5``, ``--set attention_steps=300``), an old flat ``config.json``
+loads, ``python -m dcsp_dist.config`` lists both. An unknown name is one line naming the
+closest known ones. Settings marked ``BOOKKEEPING`` (what is logged, kept or watched) stay
+out of ``Config.stamp``, which stamps outputs, and may change on a resume.
 
 Presets live one per file in ``dcsp_dist/configs/`` (``voc_paper``, ``synthetic_demo``,
 ``tiny_test``), each with its rationale. A run saves its resolved config as ``config.json``
@@ -74,14 +77,13 @@ class ModelConfig(_Section):
     xla: bool = False
     AT_LEAST = {"base_width": 1}
     POSITIVE = ("head_init_std",)
-    CHOICES = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16")}
+    CHOICES = {"output_stride": (8, 16, 32), "mixed_precision": ("float32", "bfloat16", "float16"),
+               "normalization": ("frozen_batch_norm", "group_norm")}
 
     def check(self) -> None:
         if self.num_classes == 1 or self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 2 (background and one class), or 0 to take it from the "
                              f"records, not {self.num_classes}")
-        if self.normalization not in ("frozen_batch_norm", "group_norm"):
-            raise ValueError(f"normalization must be frozen_batch_norm or group_norm, not {self.normalization!r}")
         if self.normalization == "group_norm" and self.init_weights == "imagenet":
             raise ValueError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
                              "norm statistics); use init_weights=none or frozen_batch_norm")
@@ -233,7 +235,7 @@ BOOKKEEPING = frozenset(RunConfig.PREFIX + name for name in RunConfig.BOOKKEEPIN
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a DCSP run, in sections; defaults are the paper's (spec sections 1-5).
-    ``cfg.<flat name>`` reads any setting (``cfg.crf_iterations`` is ``cfg.crf.iterations``)."""
+    ``cfg.<flat name>`` reads any setting (``cfg.crf.iterations`` is ``cfg.crf.iterations``)."""
     name: str = "voc_paper"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
@@ -249,12 +251,6 @@ class Config:
             raise ValueError("xla=true needs deterministic=false: XLA has no deterministic kernel for every op of "
                              "the step (TensorFlow: \"MaxPool gradient ops do not yet have a deterministic XLA "
                              "implementation\")")
-
-    def __getattr__(self, name: str):
-        where = FLAT.get(name)
-        if where is None:
-            raise AttributeError(f"Config has no setting {name!r}")
-        return getattr(object.__getattribute__(self, where[0]), where[1])
 
     def replace(self, **changes) -> "Config":
         """This config with settings changed, by flat or dotted name (``seed=1``,
@@ -281,34 +277,34 @@ class Config:
         the user set explicitly (``explicit``) must agree with it."""
         if len(class_names) < 2:
             raise ValueError(f"the records list {len(class_names)} class(es); background plus at least one is needed")
-        if explicit and self.num_classes != len(class_names):
-            raise ValueError(f"num_classes={self.num_classes}, but the records list {len(class_names)} classes "
+        if explicit and self.model.num_classes != len(class_names):
+            raise ValueError(f"num_classes={self.model.num_classes}, but the records list {len(class_names)} classes "
                              f"({', '.join(class_names[:4])}...); drop the setting: the class list comes from the data")
         return self.replace(num_classes=len(class_names))
 
     def per_rank_batch(self, size: int) -> int:
         """Global batch split over ``size`` ranks; it must divide (the paper's batch is 10)."""
-        if self.global_batch % size:
+        if self.optimizer.global_batch % size:
             raise ValueError(
-                f"global_batch={self.global_batch} does not divide over {size} ranks; "
+                f"global_batch={self.optimizer.global_batch} does not divide over {size} ranks; "
                 f"set --set global_batch=<multiple of {size}> (with lr_scaling=linear to keep the paper's per-image rate)")
-        return self.global_batch // size
+        return self.optimizer.global_batch // size
 
     @property
     def inference_window_size(self) -> int:
         """The window inference runs the network on: crop_size, or 0 for the whole image."""
-        return self.crop_size if self.inference_window == "crop" else 0
+        return self.input.crop_size if self.inference.inference_window == "crop" else 0
 
-    def learning_rate(self, stage: str = "attention") -> float:
-        """Peak learning rate of ``stage`` after the scaling rule."""
-        base = self.base_lr
-        if stage != "attention" and self.segmentation_base_lr > 0:
-            base = self.segmentation_base_lr
-        if self.lr_scaling == "none":
-            return base
-        if self.lr_scaling == "linear":
-            return base * self.global_batch / self.reference_batch
-        raise ValueError(f"lr_scaling must be 'none' or 'linear', not {self.lr_scaling!r}")
+    def learning_rate(self, stage: str) -> float:
+        """Peak learning rate of ``stage`` (the stage table says which base it takes) after
+        the scaling rule."""
+        from dcsp_dist import stages
+        base = self.optimizer.base_lr
+        if stages.get(stage).lr == "segmentation" and self.optimizer.segmentation_base_lr > 0:
+            base = self.optimizer.segmentation_base_lr
+        if self.optimizer.lr_scaling == "linear":
+            return base * self.optimizer.global_batch / self.optimizer.reference_batch
+        return base
 
     def to_json(self) -> str:
         """The config in sections, as a run saves it (``config.json``)."""

@@ -23,17 +23,18 @@ def make_cue_fn(stage: str, cfg, model):
     from dcsp_dist.inference import make_multiscale_fn
 
     spec = stages.get(stage)
-    refine = stage == "adapt" and cfg.adapt_crf   # adapted cues through the dense CRF (an option)
+    attention_cues = spec.needs_saliency       # attention maps + saliency; else adapted from segmentation
+    refine = not attention_cues and cfg.schedule.adapt_crf   # adapted cues through the dense CRF (an option)
     crf_params = cfg.crf
-    space = "logits" if stage == "cues" else cfg.upsample_space
-    fused = make_multiscale_fn(model, cfg.cue_scales, spec.output, cfg.output_stride, space,
+    space = "logits" if attention_cues else cfg.inference.upsample_space
+    fused = make_multiscale_fn(model, cfg.inference.cue_scales, spec.output, cfg.model.output_stride, space,
                                cfg.inference_window_size)
 
     @tf.function(reduce_retracing=True)
     def make_cue(image, saliency, tags):
         maps = fused(image)                                              # [H, W, K]
-        if stage == "cues":
-            label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.bg_threshold)
+        if attention_cues:
+            label = cues.attention_cues(maps, tf.cast(saliency, tf.float32) / 255.0, tags, cfg.inference.bg_threshold)
         elif refine:
             return cues.adapted_probabilities(maps, tags, are_probabilities=space == "probabilities")
         else:
@@ -106,9 +107,9 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
 
     spec, start = stages.get(stage), time.time()
     directory = layout.stage_dir(workdir, stage)
-    manifest = records.read_manifest(data_dir, cfg.train_split)
+    manifest = records.read_manifest(data_dir, cfg.run.train_split)
     mine = records.files_for_rank(records.shard_files(data_dir, manifest), ctx.rank, ctx.size,
-                                  what=f"{data_dir} split {cfg.train_split}")
+                                  what=f"{data_dir} split {cfg.run.train_split}")
     os.makedirs(directory, exist_ok=True)
 
     model = build_model(cfg)
@@ -122,7 +123,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     counts = {os.path.join(data_dir, s["file"]): s["num_examples"] for s in manifest["shards"]}
     stamps = {os.path.join(data_dir, s["file"]): f"{made_by}/{s['sha256'][:16]}" for s in manifest["shards"]}
     bar = progress(sum(counts[p] for p in mine), f"[{stage}] rank 0", enabled=ctx.is_chief)
-    matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
     written, stopped = [], False
     for path in mine:
         target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
@@ -156,14 +157,15 @@ def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target
     import tensorflow as tf
 
     from dcsp_dist import data, metrics, records
-    shard_matrix = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    shard_matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
 
     def on_label(ex, label):
         if manifest.get("has_mask"):
-            shard_matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.num_classes)
+            shard_matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.model.num_classes)
         bar.update(1)
 
-    examples = data.make_inference_dataset(data_dir, cfg.train_split, files=[path], need_saliency=stage == "cues")
+    examples = data.make_inference_dataset(data_dir, cfg.run.train_split, files=[path],
+                                           need_saliency=stages.get(stage).needs_saliency)
     try:
         record = write_shard(path, target, examples, cue_of, on_label)
     except tf.errors.DataLossError as exc:

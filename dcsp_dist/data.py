@@ -82,19 +82,19 @@ def crop_geometry(shape, u, cfg):
       y, x); cfg.
     Returns (offset [2], window [2], out [2], flip []) tensors.
     """
-    crop = cfg.crop_size
+    crop = cfg.input.crop_size
     shape = tf.cast(shape, tf.int32)
-    if not cfg.augment:
+    if not cfg.input.augment:
         window = tf.minimum(shape, crop)
         return tf.zeros([2], tf.int32), window, window, tf.constant(False)
-    scale = cfg.min_scale + u[0] * (cfg.max_scale - cfg.min_scale)
+    scale = cfg.input.min_scale + u[0] * (cfg.input.max_scale - cfg.input.min_scale)
     window = tf.cast(tf.round(crop / scale), tf.int32)
     inside = window < shape                          # the crop lies inside the scaled image
     scaled = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
     offset = tf.cast(u[2:] * tf.cast(shape - window + 1, tf.float32), tf.int32)
     offset = tf.where(inside, tf.minimum(offset, shape - window), 0)
     out = tf.where(inside, crop, tf.clip_by_value(scaled, 1, crop))
-    flip = tf.logical_and(tf.constant(cfg.flip), u[1] < 0.5)
+    flip = tf.logical_and(tf.constant(cfg.input.flip), u[1] < 0.5)
     return offset, tf.where(inside, window, shape), out, flip
 
 
@@ -140,7 +140,7 @@ def _resize_flip_pad(image, maps, out, flip, crop, pad_values):
 
 
 def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
-    """Random scale, flip, pad and crop to cfg.crop_size, identical for image and maps.
+    """Random scale, flip, pad and crop to cfg.input.crop_size, identical for image and maps.
 
     Args:
       example: output of ``decode`` (+ "cue"): full-size uint8 tensors, the image either
@@ -153,7 +153,7 @@ def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
     rest is padding), each map [crop, crop] uint8 padded with its PAD_VALUES entry, tags, id.
     """
     maps = [k for k in maps if k in example]
-    crop = cfg.crop_size
+    crop = cfg.input.crop_size
     u = tf.random.stateless_uniform([4], seed)
     decoded = "image" in example
     shape = tf.shape(example["image"])[:2] if decoded else tf.io.extract_jpeg_shape(example["jpeg"])[:2]
@@ -210,7 +210,7 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
     Elements: {"image" [B, crop, crop, 3] float32, "tags" [B, 20], "id" [B]} plus
     "cue" [B, crop, crop] uint8 when ``cue_dir`` is given (segmentation stages).
     """
-    split = split or cfg.train_split
+    split = split or cfg.run.train_split
     manifest = records.read_manifest(data_dir, split)
     files = records.files_for_rank(records.shard_files(data_dir, manifest), rank, size,
                                    what=f"{data_dir} split {split}")
@@ -219,16 +219,16 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
         files_ds = tf.data.Dataset.from_tensor_slices((files, cue_files))
     else:
         files_ds = tf.data.Dataset.from_tensor_slices(files)
-    seed = cfg.seed * 7919 + rank + 1_000_003 * start_step  # every rank draws its own augmentations
+    seed = cfg.run.seed * 7919 + rank + 1_000_003 * start_step  # every rank draws its own augmentations
     if shuffle:
         files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     files_ds = files_ds.repeat()
     reader = _zip_with_cues if cue_dir else tf.data.TFRecordDataset
-    ordered = cfg.deterministic or not shuffle
+    ordered = cfg.run.deterministic or not shuffle
     ds = files_ds.interleave(reader, cycle_length=min(4, len(files)), block_length=1,
                              num_parallel_calls=AUTOTUNE, deterministic=ordered)
     if shuffle:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
+        ds = ds.shuffle(cfg.input.shuffle_buffer, seed=seed)
     has_mask, tags = False, records.num_tags(manifest)
 
     def parse(index, element):

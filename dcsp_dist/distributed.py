@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
 
+from dcsp_dist.console import say
 from dcsp_dist.placement import cores_per_rank
 
 
@@ -129,7 +130,7 @@ def report_devices(ctx: Context, require_gpu: str = "auto") -> None:
     none stops every rank with one line saying why (a node whose CUDA libraries are broken
     would otherwise train on its CPU, 100x slower)."""
     if elastic_enabled():   # no collective before the elastic state's sync: each rank for itself
-        print(device_line(ctx), flush=True)
+        say(device_line(ctx))
     else:
         log("\n".join(allgather_object(device_line(ctx))))
 
@@ -159,16 +160,16 @@ def context() -> Context:
     return _CONTEXT
 
 
-def log(*args, **kwargs) -> None:
-    """print() on rank 0 only, flushed so that horovodrun shows it at once."""
+def log(*args, sep: str = " ") -> None:
+    """One line on rank 0 only, in one write, flushed so that horovodrun shows it at once."""
     if _CONTEXT is None or _CONTEXT.is_chief:
-        print(*args, **kwargs, flush=True)
+        say(sep.join(str(a) for a in args))
 
 
 def error(message: str) -> None:
     """One clear line on stderr (every rank that hits it), for fatal input errors."""
     prefix = f"[rank {_CONTEXT.rank}] " if _CONTEXT and _CONTEXT.size > 1 else ""
-    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    say(f"{prefix}error: {message}", err=True)
 
 
 def raw_variables(variables: Iterable) -> list[tf.Variable]:

@@ -107,15 +107,15 @@ def evaluate(args, ctx) -> dict | None:
     # ---- per-rank inference, then one reduction -------------------------------------------
     # Two matrices: the labels (CRF's when on) and the network's own argmax, so every
     # evaluation with CRF also says what the CRF adds.
-    matrices = np.zeros((2, cfg.num_classes, cfg.num_classes), np.int64)
+    matrices = np.zeros((2, cfg.model.num_classes, cfg.model.num_classes), np.int64)
     count, start = 0, time.time()
     bar = progress(job.num_images, f"eval {args.split} (rank 0)", enabled=ctx.is_chief)
     for ex, label, argmax in job.results():
         mask = ex["mask"].numpy()
-        confusion = metrics.confusion_matrix(mask, label, cfg.num_classes)
+        confusion = metrics.confusion_matrix(mask, label, cfg.model.num_classes)
         matrices[0] += confusion
         # Without CRF the label is the argmax: the same matrix, computed once.
-        matrices[1] += confusion if crf is None else metrics.confusion_matrix(mask, argmax, cfg.num_classes)
+        matrices[1] += confusion if crf is None else metrics.confusion_matrix(mask, argmax, cfg.model.num_classes)
         count += 1
         bar.update(1)
     bar.close()
@@ -129,7 +129,7 @@ def evaluate(args, ctx) -> dict | None:
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names = manifest["class_names"]
     title = (f"{args.split}: {images} images, {ctx.size} rank(s), CRF {'off' if crf is None else 'on'}, "
-             f"scales {','.join(map(str, scales))}, window {job.cfg.inference_window}, checkpoint {prefix}")
+             f"scales {','.join(map(str, scales))}, window {job.cfg.inference.inference_window}, checkpoint {prefix}")
     distributed.log(metrics.format_table(result, names, title))
     if crf is not None:
         distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
@@ -154,7 +154,7 @@ def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int
     names, crf, scales, prefix = job.manifest["class_names"], job.crf, job.scales, job.checkpoint
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
                "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales),
-               "window": job.cfg.inference_window, "miou": result["miou"],
+               "window": job.cfg.inference.inference_window, "miou": result["miou"],
                "pixel_accuracy": result["pixel_accuracy"],
                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result["iou"])},
                "miou_without_crf": network["miou"],

@@ -48,7 +48,7 @@ def export(args) -> dict:
     model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
     if args.window is not None:
         cfg = cfg.replace(inference_window=args.window)
-    scales = parse_scales(args.scales, cfg.eval_scales)
+    scales = parse_scales(args.scales, cfg.inference.eval_scales)
     names = class_names_for(prefix, cfg)
     module = tf.Module()
     module.model = model
@@ -71,7 +71,7 @@ def export(args) -> dict:
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         info = {"class_names": names, "checkpoint": prefix, "config": cfg.name, "scales": list(scales),
-                "inference_window": cfg.inference_window, "upsample_space": cfg.upsample_space}
+                "inference_window": cfg.inference.inference_window, "upsample_space": cfg.inference.upsample_space}
         with open(os.path.join(extra, "class_names.json"), "w") as fh:
             json.dump(info, fh, indent=2)
         os.replace(staging, args.out)

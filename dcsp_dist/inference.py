@@ -56,9 +56,9 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     all keeping output i on the pixel it is computed around (spec 7, ``geometry``).
     ``key`` is "attention" or "segmentation"; ``stride`` the network's output stride.
     ``space="probabilities"`` (segmentation only) returns the softmax of the fused map,
-    taken on the output grid before the upsampling (``Config.upsample_space``).
+    taken on the output grid before the upsampling (``Config.inference.upsample_space``).
     ``window > 0`` runs the network on windows of that size at every scale
-    (``windowed_outputs``, ``Config.inference_window``); 0 on the whole image.
+    (``windowed_outputs``, ``Config.inference.inference_window``); 0 on the whole image.
     """
     from dcsp_dist.models.inputs import preprocess_image
 
@@ -132,7 +132,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     try:
         tf.train.Checkpoint(model=model).read(prefix).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as exc:
-        raise ValueError(f"--checkpoint {prefix} does not fit a {cfg.num_classes}-class "
+        raise ValueError(f"--checkpoint {prefix} does not fit a {cfg.model.num_classes}-class "
                          f"{cfg.name} model: {str(exc).splitlines()[0][:300]}") from None
     return model, cfg, prefix
 
@@ -143,13 +143,13 @@ def class_names_for(prefix: str, cfg) -> list[str]:
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "classes.json")   # stage dir
     if os.path.isfile(path):
         names = atomic.read_json(path, "class list")["class_names"]
-        if len(names) == cfg.num_classes:
+        if len(names) == cfg.model.num_classes:
             return list(names)
-    return ["background"] + [f"class {i}" for i in range(1, cfg.num_classes)]
+    return ["background"] + [f"class {i}" for i in range(1, cfg.model.num_classes)]
 
 
 def probability_fn_for(model, cfg, scales=None):
     """``make_probability_fn`` with a run's settings: its eval_scales (or ``scales``), output
     stride, ``upsample_space`` and ``inference_window``."""
-    return make_probability_fn(model, cfg.eval_scales if scales is None else scales, cfg.output_stride,
-                               cfg.upsample_space, cfg.inference_window_size)
+    return make_probability_fn(model, cfg.inference.eval_scales if scales is None else scales, cfg.model.output_stride,
+                               cfg.inference.upsample_space, cfg.inference_window_size)

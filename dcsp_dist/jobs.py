@@ -64,8 +64,8 @@ class Job:
         # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
         self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
         self._load_model(args, ctx)
-        if self.cfg.num_classes != len(self.manifest["class_names"]):
-            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.num_classes} classes, {args.split} "
+        if self.cfg.model.num_classes != len(self.manifest["class_names"]):
+            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.model.num_classes} classes, {args.split} "
                              f"records have {len(self.manifest['class_names'])}")
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
@@ -86,7 +86,7 @@ class Job:
         from dcsp_dist import crf_pool
         from dcsp_dist.inference import load_for_inference
         self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
-        self.scales = parse_scales(args.scales, self.cfg.eval_scales)
+        self.scales = parse_scales(args.scales, self.cfg.inference.eval_scales)
         if args.window is not None:
             self.cfg = self.cfg.replace(inference_window=args.window)
         self.crf = None if args.no_crf else self.cfg.crf

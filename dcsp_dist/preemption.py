@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 from dcsp_dist import atomic
+from dcsp_dist.console import say
 
 # "Preempted, resumable": relaunching the same command resumes (EX_TEMPFAIL, sysexits.h).
 EXIT_PREEMPTED = 75
@@ -48,7 +48,7 @@ def install(signals_text: str = DEFAULT_SIGNALS) -> None:
 
 def _handle(signum, frame) -> None:
     if _state["signal"] is not None:
-        print(f"second signal {signal.Signals(signum).name}: stopping now", file=sys.stderr, flush=True)
+        say(f"second signal {signal.Signals(signum).name}: stopping now", err=True)
         os._exit(128 + signum)
     _state["signal"] = signal.Signals(signum).name
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from dcsp_dist.console import say
+
 
 class _Lines:
     """The part of tqdm's interface the loops use: update(n), close()."""
@@ -27,8 +29,7 @@ class _Lines:
 
     def _line(self, now: float) -> None:
         rate = self.count / max(now - self.start, 1e-9)
-        print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s)",
-              file=sys.stderr, flush=True)
+        say(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s)", err=True)
 
     def close(self) -> None:
         self._line(time.time())

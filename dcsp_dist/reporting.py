@@ -17,7 +17,7 @@ def visualise(model, batch, stride: int, space: str = "logits"):
     """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes.
 
     The network's outputs are brought to the crop with the stride-8 geometry (spec 7), and
-    the segmentation in ``space`` (``Config.upsample_space``), as in cues and evaluation, so
+    the segmentation in ``space`` (``Config.inference.upsample_space``), as in cues and evaluation, so
     the strip shows what the loss and the cues see.
     """
     import numpy as np
@@ -76,20 +76,20 @@ class Reporter:
         cfg = self.cfg
         if not is_chief:
             return
-        if done % cfg.log_every == 0 or done == self.steps:
+        if done % cfg.run.log_every == 0 or done == self.steps:
             self._scalars(done, values, step_start)
-        if done % cfg.image_summary_every == 0 or done == self.steps:
+        if done % cfg.run.image_summary_every == 0 or done == self.steps:
             import tensorflow as tf
             with self.writer().as_default(step=done):
                 tf.summary.image("input|cue|prediction|attention",
-                                 visualise(self.model, batch, cfg.output_stride, cfg.upsample_space))
+                                 visualise(self.model, batch, cfg.model.output_stride, cfg.inference.upsample_space))
 
     def _scalars(self, done: int, values, step_start: float) -> None:
         import tensorflow as tf
 
         from dcsp_dist.distributed import log
         now = time.time()
-        images_per_sec = (done - self.last_step) * self.cfg.global_batch / max(now - self.tick, 1e-9)
+        images_per_sec = (done - self.last_step) * self.cfg.optimizer.global_batch / max(now - self.tick, 1e-9)
         lr = float(self.schedule(done - 1))
         eta = (now - self.t0) / max(done - self.first, 1) * (self.steps - done)
         log(f"[{self.stage}] step {done}/{self.steps} ({100 * done / self.steps:.0f}%) loss {values[0]:.4f} "

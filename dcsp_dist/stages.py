@@ -1,9 +1,11 @@
 """The DCSP schedule (spec 4): the only list of stage names.
 
 Each stage says what kind it is, which setting counts its steps, which stage's model it
-starts from and which cue stage's shards it trains on (training stages), or which stage's
-model and output it reads (cue stages). ``python -m dcsp_dist.stages`` prints the names
-in order, for the shell launchers.
+starts from, which cue stage's shards it trains on, whether it trains the backbone and which
+learning rate it takes (training stages), or which stage's model and output it reads and
+whether it needs saliency (cue stages). Code asks the table, never a stage's name.
+``python -m dcsp_dist.stages [--training | --cues | --segmentation]`` prints the names in
+order, for the shell launchers and scripts.
 """
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ import sys
 class Stage:
     name: str
     kind: str                        # "train": SGD steps and checkpoints; "cues": cue shards
-    steps_setting: str | None = None  # train: the Config field with its step count
+    steps_setting: str | None = None  # train: the schedule setting with its step count
     init_from: str | None = None     # train: the stage whose checkpoint it starts from (None: init_weights)
     cues: str | None = None          # train: the cue stage whose shards are its targets (None: tags only)
     source: str | None = None        # cues: the stage whose model makes the cues
     output: str | None = None        # cues: that model's output the cues come from
+    # train: the schedule setting that decides whether the backbone trains (None: it always does)
+    backbone_setting: str | None = None
+    lr: str = "segmentation"         # train: "base" (base_lr) or "segmentation" (segmentation_base_lr if > 0)
+    needs_saliency: bool = False     # cues: combines the model's maps with the records' saliency
 
     @property
     def trains(self) -> bool:
@@ -27,8 +33,9 @@ class Stage:
 
 
 SCHEDULE_TABLE = (
-    Stage("attention", "train", steps_setting="attention_steps"),
-    Stage("cues", "cues", source="attention", output="attention"),
+    Stage("attention", "train", steps_setting="attention_steps", backbone_setting="attention_trains_backbone",
+          lr="base"),
+    Stage("cues", "cues", source="attention", output="attention", needs_saliency=True),
     Stage("segmentation", "train", steps_setting="segmentation_steps", init_from="attention", cues="cues"),
     Stage("adapt", "cues", source="segmentation", output="segmentation"),
     Stage("segmentation_adapted", "train", steps_setting="adapt_segmentation_steps",
@@ -47,9 +54,16 @@ def get(name: str) -> Stage:
 
 
 def main(argv=None) -> int:
-    """Print the stage names in schedule order (``--training``: training stages only)."""
+    """Print the stage names in schedule order (``--training`` / ``--cues``: one kind only)."""
     argv = sys.argv[1:] if argv is None else argv
-    print(" ".join(TRAINING_STAGES if "--training" in argv else SCHEDULE))
+    if "--training" in argv:
+        print(" ".join(TRAINING_STAGES))
+    elif "--cues" in argv:
+        print(" ".join(s.name for s in SCHEDULE_TABLE if not s.trains))
+    elif "--segmentation" in argv:   # training stages that train on cues: their model segments
+        print(" ".join(s.name for s in SCHEDULE_TABLE if s.trains and s.cues))
+    else:
+        print(" ".join(SCHEDULE))
     return 0
 
 

@@ -82,7 +82,7 @@ class StepLoop:
             self._check_finite(values, done)
             self.reporter.step_done(done, values, batch, ctx.is_chief, step_start)
             stop = values[5] > 0           # some rank was signalled: every rank sees it at this step
-            if stop or done % self.cfg.checkpoint_every == 0 or done == self.trainer.steps:
+            if stop or done % self.cfg.run.checkpoint_every == 0 or done == self.trainer.steps:
                 self._check_state(done)    # every rank: they hold the same weights
                 if ctx.is_chief:
                     self.ckpts.save(done)
@@ -113,7 +113,7 @@ class StepLoop:
         if not np.isfinite(values[:4]).all():
             raise self._stopped(f"non-finite loss {values[0]}", done)
         if values[4] < 1:
-            if self.cfg.mixed_precision != "float16":
+            if self.cfg.model.mixed_precision != "float16":
                 raise self._stopped("non-finite gradients (loss finite)", done)
             distributed.log(f"[{self.stage}] step {done}: float16 gradients overflowed; step skipped")
 
@@ -146,7 +146,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
 
     # The global seed first: tf.data's seeded ops derive their seeds from it, so a stage
     # draws the same batches whether it runs alone or inside --stage all.
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.run.seed)
     spec, directory = stage_table.get(stage), layout.stage_dir(workdir, stage)
     if world.context.is_chief:
         os.makedirs(directory, exist_ok=True)
@@ -161,7 +161,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
         inputs.data_dir, cfg, per, c.rank, c.size, cue_dir=cue_dir, start_step=first), cfg)
 
     trainer = StageTrainer(stage, cfg)
-    ckpts = checkpoints.StageCheckpoints(trainer.model, trainer.optimizer, directory, cfg.keep_checkpoints)
+    ckpts = checkpoints.StageCheckpoints(trainer.model, trainer.optimizer, directory, cfg.run.keep_checkpoints)
     origin = ckpts.resume_or_initialise(world.reads_shared_state, world.agree_failure,
                                         lambda: _initialise(trainer.model, spec, cfg, workdir),
                                         warn=lambda m: distributed.log(f"[{stage}] {m}"))
@@ -174,7 +174,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
 
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
-    world.train(start, trainer.steps, batches, loop, cfg.elastic_commit_every)
+    world.train(start, trainer.steps, batches, loop, cfg.run.elastic_commit_every)
     _finish(stage, trainer, ckpts, reporter, world.context, start, workdir, inputs)
     return trainer
 
@@ -187,7 +187,7 @@ def _initialise(model, spec, cfg, workdir: str) -> str:
         checkpoints.restore_model(model, layout.stage_checkpoint(workdir, spec.init_from),
                                   f"the {spec.init_from} stage's checkpoint")
         return f"initialised from the {spec.init_from} stage"
-    return f"initialised from {load_initial_weights(model, cfg.init_weights)}"
+    return f"initialised from {load_initial_weights(model, cfg.model.init_weights)}"
 
 
 def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str, inputs: TrainInputs) -> None:
@@ -217,16 +217,16 @@ def check_inputs(stages, cfg, world, data_dir: str, verify_data: bool = False) -
     the training split as checked."""
     from dcsp_dist import distributed, records
     ctx = world.context
-    manifest = records.read_manifest(data_dir, cfg.train_split)
+    manifest = records.read_manifest(data_dir, cfg.run.train_split)
     shards = records.shard_files(data_dir, manifest)
-    mine = records.files_for_rank(shards, ctx.rank, ctx.size, what=f"{data_dir} split {cfg.train_split}")
+    mine = records.files_for_rank(shards, ctx.rank, ctx.size, what=f"{data_dir} split {cfg.run.train_split}")
     world.check_shards(lambda: records.check_shards(data_dir, manifest, mine, deep=verify_data),
                        lambda: records.check_shards(data_dir, manifest, shards, deep=verify_data))
-    if "cues" in stages and not manifest.get("has_saliency"):
-        raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: the training split has no "
-                                f"saliency maps, which the cues stage needs (see data_tools.saliency)")
+    if any(stage_table.get(s).needs_saliency for s in stages) and not manifest.get("has_saliency"):
+        raise records.DataError(f"{records.manifest_path(data_dir, cfg.run.train_split)}: the training split has no "
+                                f"saliency maps, which the cue stage needs (see data_tools.saliency)")
     if manifest.get("role") not in (None, "train") or not manifest["num_examples"]:
-        raise records.DataError(f"{records.manifest_path(data_dir, cfg.train_split)}: not a training split "
+        raise records.DataError(f"{records.manifest_path(data_dir, cfg.run.train_split)}: not a training split "
                                 f"(role {manifest.get('role')}, {manifest['num_examples']} examples)")
     world.check_batch(cfg)
     records.check_balance(data_dir, manifest, ctx.size, distributed.log)
@@ -262,9 +262,9 @@ def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
 def resolve_classes(cfg, data_dir: str, explicit: bool):
     """The config sized for the training records' class list; train and val must agree."""
     from dcsp_dist import records
-    manifest = records.read_manifest(data_dir, cfg.train_split, check_files=False)
-    if os.path.isfile(records.manifest_path(data_dir, cfg.val_split)):
-        records.check_same_classes(data_dir, cfg.train_split, cfg.val_split)
+    manifest = records.read_manifest(data_dir, cfg.run.train_split, check_files=False)
+    if os.path.isfile(records.manifest_path(data_dir, cfg.run.val_split)):
+        records.check_same_classes(data_dir, cfg.run.train_split, cfg.run.val_split)
     return cfg.with_classes(manifest["class_names"], explicit)
 
 
@@ -301,8 +301,8 @@ def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
 
 def _start(args, cfg, ctx) -> None:
     from dcsp_dist import distributed
-    preemption.install(cfg.preempt_signals)
-    distributed.report_devices(ctx, cfg.require_gpu)
+    preemption.install(cfg.run.preempt_signals)
+    distributed.report_devices(ctx, cfg.run.require_gpu)
     run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config)
 
 
@@ -320,9 +320,9 @@ def main(argv=None) -> int:
     except ValueError as exc:   # DataError included: one line, before Horovod starts
         print(f"error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, records.DataError) else 1
-    ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.deterministic, timeline=args.horovod_timeline)
+    ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.run.deterministic, timeline=args.horovod_timeline)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
-                    f"{ctx.size} rank(s), global batch {cfg.global_batch}")
+                    f"{ctx.size} rank(s), global batch {cfg.optimizer.global_batch}")
     return distributed.run_or_report(
         lambda: _start(args, cfg, ctx), (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
 

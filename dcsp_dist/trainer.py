@@ -10,7 +10,7 @@ def build_model(cfg):
     import keras
 
     from dcsp_dist.models import build_model as build
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.run.seed)
     return build(cfg)
 
 
@@ -18,9 +18,9 @@ class StageTrainer:
     """Model, optimiser and compiled step of one training stage.
 
     The attention stage trains the new layers only (the backbone too when
-    cfg.attention_trains_backbone, for models without ImageNet features) on classification
+    cfg.schedule.attention_trains_backbone, for models without ImageNet features) on classification
     + L2. Segmentation stages train everything but batch norm, with the objective
-    cfg.segmentation_objective (spec 4.3): "authors_code" sends the segmentation loss
+    cfg.schedule.segmentation_objective (spec 4.3): "authors_code" sends the segmentation loss
     alone into backbone and ASPP and classification + L2 on its own kernel into the
     attention head; "paper_text" sends segmentation + classification + L2 into everything.
     Learning-rate multipliers x1/x10/x20 scale the gradients of the backbone / head kernels
@@ -34,17 +34,17 @@ class StageTrainer:
         from dcsp_dist.schedule import PolyWithWarmup
 
         self.stage, self.cfg = stage, cfg
-        spec = stages.get(stage)
-        self.steps = getattr(cfg, spec.steps_setting)
+        spec, opt = stages.get(stage), cfg.optimizer
+        self.steps = getattr(cfg.schedule, spec.steps_setting)
         self.use_segmentation = spec.cues is not None
         self.model = build_model(cfg)
         groups = parameter_groups(self.model)
-        train_backbone = stage != "attention" or cfg.attention_trains_backbone
+        train_backbone = spec.backbone_setting is None or getattr(cfg.schedule, spec.backbone_setting)
         variables = groups.trainable(train_backbone)
-        multipliers = ([cfg.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
-            [cfg.lr_mult_head_kernel] * len(groups.head_kernels) + [cfg.lr_mult_head_bias] * len(groups.head_biases)
+        multipliers = ([opt.lr_mult_backbone] * len(groups.backbone) if train_backbone else []) + \
+            [opt.lr_mult_head_kernel] * len(groups.head_kernels) + [opt.lr_mult_head_bias] * len(groups.head_biases)
         head = attention_head(self.model)
-        self.split_objective = self.use_segmentation and cfg.segmentation_objective == "authors_code"
+        self.split_objective = self.use_segmentation and cfg.schedule.segmentation_objective == "authors_code"
         if self.split_objective:
             # Shared variables (backbone + ASPP) first, the attention head's last.
             order = sorted(range(len(variables)), key=lambda i: variables[i] is head.kernel or variables[i] is head.bias)
@@ -54,8 +54,8 @@ class StageTrainer:
         else:
             self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
         self.variables, self.multipliers = variables, multipliers
-        self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.poly_power, cfg.warmup_steps)
-        self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.momentum)
+        self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.optimizer.poly_power, cfg.optimizer.warmup_steps)
+        self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.optimizer.momentum)
         self.optimizer.build(self.variables)
         self.step = self._make_step()
         self._state_finite = None
@@ -82,17 +82,17 @@ class StageTrainer:
         variables, kernels = self.variables, self.kernels
         use_segmentation, split = self.use_segmentation, self.split_objective
         shared, head = variables[:self.num_shared] if split else None, variables[self.num_shared:] if split else None
-        loss_scale = 1024.0 if cfg.mixed_precision == "float16" else 1.0
+        loss_scale = 1024.0 if cfg.model.mixed_precision == "float16" else 1.0
 
-        @tf.function(jit_compile=cfg.xla)
+        @tf.function(jit_compile=cfg.model.xla)
         def local_step(batch):
             """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
             with tf.GradientTape(persistent=split) as tape:
                 out = model(data.network_input(batch["image"], batch["valid"]), training=False)
                 cls = losses.classification_loss(out["attention"], batch["tags"])
-                seg = losses.segmentation_loss(out["segmentation"], batch["cue"], cfg.output_stride) \
+                seg = losses.segmentation_loss(out["segmentation"], batch["cue"], cfg.model.output_stride) \
                     if use_segmentation else 0.0
-                l2 = losses.l2_loss(kernels, cfg.weight_decay)
+                l2 = losses.l2_loss(kernels, cfg.optimizer.weight_decay)
                 total = cls + seg + l2
                 # Static loss scaling for float16 (1 otherwise), inside the tape.
                 scaled_total, scaled_seg, scaled_head = total * loss_scale, seg * loss_scale, (cls + l2) * loss_scale
@@ -114,7 +114,7 @@ class StageTrainer:
 
         cfg, optimizer, variables, multipliers = self.cfg, self.optimizer, self.variables, self.multipliers
         tensors = ("image", "valid", "tags") + (("cue",) if self.use_segmentation else ())
-        skip_overflow = cfg.mixed_precision == "float16"
+        skip_overflow = cfg.model.mixed_precision == "float16"
 
         @tf.function
         def train_step(batch, stop):
@@ -129,7 +129,7 @@ class StageTrainer:
             # Only the tensors the step uses enter the (XLA-compilable) local step: the
             # batch's string ids have no XLA kernel.
             values, grads = local_step({k: batch[k] for k in tensors})
-            grads = distributed.average_gradients(grads, cfg.gradient_compression)   # Horovod allreduce, outside XLA
+            grads = distributed.average_gradients(grads, cfg.run.gradient_compression)   # Horovod allreduce, outside XLA
             # The flag reads the averaged (loss-scaled) gradients before the multipliers: with a
             # second reader after them, grappler rewrites the update and changes its rounding.
             finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))

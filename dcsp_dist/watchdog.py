@@ -33,9 +33,10 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
+
+from dcsp_dist.console import say
 
 EXIT_STALLED = 76
 
@@ -146,8 +147,8 @@ class Watchdog:
             return
         parts = [f"rank {rec['rank']} (host {rec.get('host', '?')}, pid {rec.get('pid', '?')}) stalled: {why}, "
                  f"last at {_where(rec.get('progress'))}" for rec, why in stalled]
-        print(f"dcsp_dist: error: {'; '.join(parts)}; ending the job (stall_timeout={self.timeout:g} s, "
-              f"exit {EXIT_STALLED})", file=sys.stderr, flush=True)
+        say(f"dcsp_dist: error: {'; '.join(parts)}; ending the job (stall_timeout={self.timeout:g} s, "
+            f"exit {EXIT_STALLED})", err=True)
 
 
 def _where(progress) -> str:

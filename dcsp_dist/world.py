@@ -103,7 +103,7 @@ class FixedWorld:
         for a stalled rank (dcsp_dist.watchdog)."""
         from dcsp_dist import watchdog
         iterator = inputs(start, self._ctx)
-        with watchdog.watching(run_steps.heartbeat_dir, self._ctx, run_steps.cfg.stall_timeout) as beat:
+        with watchdog.watching(run_steps.heartbeat_dir, self._ctx, run_steps.cfg.run.stall_timeout) as beat:
             run_steps(start, iterator, self._ctx, None, beat)
 
 

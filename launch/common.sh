@@ -21,6 +21,8 @@ COMMON_HELP='Job (what every launcher needs):
   --workdir DIR    run directory
   --evaluate       run dcsp_dist.evaluate on --workdir instead of training (no --stage/--config)
   --predict DIR    run dcsp_dist.predict on --workdir, writing PASCAL-server PNGs to DIR
+  --saliency       run data_tools.saliency over the ranks instead (no --stage/--config/--data/--workdir;
+                   its flags after --, e.g. -- --images photos/ --out-dir sal/ --model isnet)
   --python PATH    interpreter on every node (default: the checkout'"'"'s .venv/bin/python)
   --dry-run        print the exact command and exit
   -- ARGS...       passed through to the job unchanged (e.g. --set attention_steps=100)'
@@ -38,6 +40,7 @@ common_arg() {
     --python) [[ $# -ge 2 ]] || die "--python needs a value"; PYTHON=$2 ;;
     --predict) [[ $# -ge 2 ]] || die "--predict needs an output directory"; ENTRY=predict; PREDICT_OUT=$2 ;;
     --evaluate) ENTRY=evaluate; SHIFT=1 ;;
+    --saliency) ENTRY=saliency; SHIFT=1 ;;
     --dry-run) DRY_RUN=1; SHIFT=1 ;;
     *) SHIFT=0 ;;
   esac
@@ -80,6 +83,11 @@ from_caller() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$CALLER_
 # job_command: fills JOB with the python command line for this job.
 job_command() {
   [[ -n "$PYTHON" ]] || { [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python" || PYTHON=python3; }
+  if [[ "$ENTRY" == saliency ]]; then   # each rank takes its share of the images (data_tools.saliency)
+    ((${#EXTRA[@]})) || die "--saliency: give data_tools.saliency's flags after --, e.g. -- --images DIR --out-dir DIR"
+    JOB=("$PYTHON" -m data_tools.saliency "${EXTRA[@]}")
+    return
+  fi
   [[ -n "$DATA" ]] || die "--data is required"
   [[ -n "$WORKDIR" ]] || die "--workdir is required"
   DATA="$(from_caller "$DATA")" WORKDIR="$(from_caller "$WORKDIR")"

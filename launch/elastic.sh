@@ -72,11 +72,13 @@ else
   [[ -f "$DISCOVERY" ]] || die "--host-discovery-script $DISCOVERY: no such file"
   [[ -x "$DISCOVERY" ]] || die "--host-discovery-script $DISCOVERY: not executable (chmod +x)"
 fi
-case "$ENTRY:$STAGE" in
-  train:attention|train:segmentation|train:segmentation_adapted|train:) ;;
-  train:*) die "--stage $STAGE: elastic jobs run one training stage at a time (attention, segmentation or segmentation_adapted); run the cue stages with launch/local.sh or launch/multinode.sh" ;;
-  *) die "elastic jobs train; run --evaluate and --predict with launch/local.sh or launch/multinode.sh" ;;
-esac
+TRAINING_NAMES="$(PYTHONPATH="$REPO_DIR" "$( [[ -x "$REPO_DIR/.venv/bin/python" ]] && echo "$REPO_DIR/.venv/bin/python" || echo python3)" \
+  -m dcsp_dist.stages --training)"   # the stage table's training stages
+if [[ "$ENTRY" != train ]]; then
+  die "elastic jobs train; run --evaluate, --predict and --saliency with launch/local.sh or launch/multinode.sh"
+elif [[ -n "$STAGE" && " $TRAINING_NAMES " != *" $STAGE "* ]]; then
+  die "--stage $STAGE: elastic jobs run one training stage at a time (${TRAINING_NAMES// /, }); run the cue stages with launch/local.sh or launch/multinode.sh"
+fi
 job_command
 HVD="$(dirname "$PYTHON")/horovodrun"; [[ -x "$HVD" ]] || HVD=horovodrun
 cmd=("$HVD" --gloo -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" --host-discovery-script "$DISCOVERY")

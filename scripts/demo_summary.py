@@ -17,6 +17,9 @@ import sys
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dcsp_dist.stages import SCHEDULE  # noqa: E402  (the stage table's names)
+
 
 def _read(path):
     with open(path) as fh:
@@ -54,7 +57,7 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     attention, cfg, _ = load_for_inference(os.path.join(run, "attention"))
     first, _, _ = load_for_inference(os.path.join(run, "segmentation"))
     final, _, _ = load_for_inference(os.path.join(run, "segmentation_adapted"))
-    fuse_attention = make_multiscale_fn(attention, cfg.cue_scales, "attention", cfg.output_stride,
+    fuse_attention = make_multiscale_fn(attention, cfg.inference.cue_scales, "attention", cfg.model.output_stride,
                                         window=cfg.inference_window_size)
     probabilities = {name: probability_fn_for(model, cfg) for name, model in (("first", first), ("final", final))}
     params = cfg.crf
@@ -63,11 +66,11 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
         rgb = np.asarray(Image.open(f"{voc}/JPEGImages/{image_id}.jpg").convert("RGB"))
         sal = np.asarray(Image.open(f"{voc}/Saliency/{image_id}.png"))
         truth = np.asarray(Image.open(f"{voc}/SegmentationClass/{image_id}.png"))
-        tags = np.zeros(cfg.num_classes - 1, np.float32)
+        tags = np.zeros(cfg.model.num_classes - 1, np.float32)
         tags[[c - 1 for c in np.unique(truth) if 0 < c < 255]] = 1
         image = tf.constant(rgb)
         cue = cues.attention_cues(fuse_attention(image), tf.constant(sal, tf.float32) / 255.0,
-                                  tf.constant(tags), cfg.bg_threshold).numpy()
+                                  tf.constant(tags), cfg.inference.bg_threshold).numpy()
         preds = [crf.dense_crf(rgb, probabilities[k](image).numpy(), params) for k in ("first", "final")]
         panels = [rgb, np.repeat(sal[..., None], 3, -1), cmap[cue], cmap[preds[0]], cmap[preds[1]], cmap[truth]]
         rows.append(np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in panels], 1))
@@ -91,7 +94,7 @@ def phases(demo: str, run: str, first: dict, final: dict) -> dict:
     wall = {n: m["end"] - m["start"] for n, m in marks.items() if "start" in m and "end" in m}
     out = {"data": wall.get("data")}
     stages = {}
-    for stage in ("attention", "cues", "segmentation", "adapt", "segmentation_adapted"):
+    for stage in SCHEDULE:
         done = f"{run}/{stage}/done.json"
         stages[stage] = _read(done).get("seconds") if os.path.isfile(done) else None
         out[stage] = stages[stage]

@@ -35,5 +35,6 @@ for ((i = first; i <= last; i++)); do
   "${LOCAL[@]}" --stage "${SCHEDULE[$i]}" --config "$CONFIG" --data "$DATA" --workdir "$NEW" -- "${ARGS[@]}"
 done
 stage=${SCHEDULE[$last]}
-[[ "$stage" == segmentation || "$stage" == segmentation_adapted ]] || exit 0
+read -ra SEGMENTING <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.stages --segmentation)"   # train on cues
+[[ " ${SEGMENTING[*]} " == *" $stage "* ]] || exit 0
 "${LOCAL[@]}" --evaluate --workdir "$NEW/$stage" --data "$DATA" -- --split val --no-crf --out "$NEW/eval_val_nocrf"

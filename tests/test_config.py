@@ -10,16 +10,18 @@ from dcsp_dist import config
 
 def test_paper_defaults_match_spec():
     cfg = config.make_config("voc_paper")
-    assert cfg.blocks == (3, 4, 23, 3) and cfg.output_stride == 8 and cfg.crop_size == 321
-    assert (cfg.base_lr, cfg.momentum, cfg.weight_decay, cfg.poly_power) == (1e-3, 0.9, 5e-4, 0.9)
-    assert (cfg.lr_mult_backbone, cfg.lr_mult_head_kernel, cfg.lr_mult_head_bias) == (1, 10, 20)
-    assert (cfg.attention_steps, cfg.segmentation_steps, cfg.adapt_segmentation_steps) == (30000, 10000, 10000)
-    assert cfg.global_batch == 10 and cfg.bg_threshold == 0.4 and cfg.cue_scales == (1.0, 0.75, 0.5)
-    assert not cfg.attention_trains_backbone
-    assert cfg.upsample_space == "logits" and not cfg.adapt_crf    # the authors' adapt step and evaluation
-    assert cfg.inference_window == "image" and cfg.inference_window_size == 0   # the authors: whole images
+    assert cfg.model.blocks == (3, 4, 23, 3) and cfg.model.output_stride == 8 and cfg.input.crop_size == 321
+    opt = cfg.optimizer
+    assert (opt.base_lr, opt.momentum, opt.weight_decay, opt.poly_power) == (1e-3, 0.9, 5e-4, 0.9)
+    assert (opt.lr_mult_backbone, opt.lr_mult_head_kernel, opt.lr_mult_head_bias) == (1, 10, 20)
+    sched = cfg.schedule
+    assert (sched.attention_steps, sched.segmentation_steps, sched.adapt_segmentation_steps) == (30000, 10000, 10000)
+    assert cfg.optimizer.global_batch == 10 and cfg.inference.bg_threshold == 0.4 and cfg.inference.cue_scales == (1.0, 0.75, 0.5)
+    assert not cfg.schedule.attention_trains_backbone
+    assert cfg.inference.upsample_space == "logits" and not cfg.schedule.adapt_crf    # the authors' adapt step and evaluation
+    assert cfg.inference.inference_window == "image" and cfg.inference_window_size == 0   # the authors: whole images
     demo = config.make_config("synthetic_demo")
-    assert (demo.inference_window, demo.inference_window_size) == ("crop", demo.crop_size)
+    assert (demo.inference.inference_window, demo.inference_window_size) == ("crop", demo.input.crop_size)
 
 
 def test_overrides_are_typed(tmp_path):
@@ -27,7 +29,8 @@ def test_overrides_are_typed(tmp_path):
     path.write_text(json.dumps({"attention_steps": 7, "flip": False}))
     cfg = config.make_config("synthetic_demo", config.parse_overrides(["cue_scales=1,0.5", "xla=true", "deterministic=false"]),
                              str(path))
-    assert cfg.attention_steps == 7 and cfg.flip is False and cfg.xla is True and cfg.cue_scales == (1.0, 0.5)
+    assert cfg.schedule.attention_steps == 7 and cfg.input.flip is False and cfg.model.xla is True
+    assert cfg.inference.cue_scales == (1.0, 0.5)
     saved = tmp_path / "saved.json"
     saved.write_text(cfg.to_json())
     assert config.load_saved(str(saved)) == cfg
@@ -49,7 +52,7 @@ def test_batch_split_and_scaling_rule():
     with pytest.raises(ValueError, match="does not divide over 8 ranks"):
         cfg.per_rank_batch(8)
     big = config.make_config("voc_paper", {"global_batch": "16", "lr_scaling": "linear"})
-    assert big.learning_rate() == pytest.approx(1e-3 * 16 / 10)
+    assert big.learning_rate("attention") == pytest.approx(1e-3 * 16 / 10)
     assert cfg.digest() != big.digest()
 
 
@@ -71,8 +74,12 @@ def test_configs_saved_flat_by_earlier_versions_still_load(preset, sets):
 def test_sections_dotted_and_flat_names(tmp_path):
     cfg = config.make_config("voc_paper", config.parse_overrides(["crf.iterations=5", "attention_steps=300",
                                                                   "crf_label_margin=2", "model.output_stride=16"]))
-    assert cfg.crf.iterations == cfg.crf_iterations == 5 and cfg.crf.label_margin == 2.0
-    assert cfg.schedule.attention_steps == cfg.attention_steps == 300 and cfg.model.output_stride == 16
+    assert cfg.crf.iterations == 5 and cfg.crf.label_margin == 2.0
+    assert cfg.schedule.attention_steps == 300 and cfg.model.output_stride == 16
+    # flat names live at the edges (--set, old files, resolve); code reads sections only
+    assert config.resolve("crf_iterations") == config.resolve("crf.iterations") == ("crf", "iterations")
+    assert config.resolve("attention_steps") == ("schedule", "attention_steps")
+    assert not hasattr(cfg, "crf_iterations") and not hasattr(cfg, "attention_steps")
     saved = json.loads(cfg.to_json())
     assert saved["crf"]["iterations"] == 5 and saved["schedule"]["attention_steps"] == 300 and "crf_iterations" not in saved
     path = tmp_path / "config.json"
@@ -81,7 +88,7 @@ def test_sections_dotted_and_flat_names(tmp_path):
     # a --config-file may be in sections too, and names what it sets
     given = tmp_path / "given.json"
     given.write_text(json.dumps({"crf": {"iterations": 3}, "num_classes": 5}))
-    assert config.make_config("voc_paper", config_file=str(given)).crf_iterations == 3
+    assert config.make_config("voc_paper", config_file=str(given)).crf.iterations == 3
     assert config.explicit_settings(["crf.label_margin=1"], str(given)) == {"crf_iterations", "num_classes",
                                                                            "crf_label_margin"}
 

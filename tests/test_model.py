@@ -172,7 +172,7 @@ def test_group_norm_backbone_trains_its_norms_without_decay():
     assert all(id(w) in trained for layer in norms for w in layer.weights)
     assert all(len(k.shape) == 4 for k in groups.conv_kernels)
     out = model(np.zeros((1, 65, 65, 3), np.float32))
-    assert tuple(out["segmentation"].shape) == (1, 9, 9, TINY.num_classes)
+    assert tuple(out["segmentation"].shape) == (1, 9, 9, TINY.model.num_classes)
 
 
 def test_group_norm_refuses_imagenet_weights():

@@ -12,11 +12,11 @@ def _batch(cfg, n=2):
     rng = np.random.default_rng(0)
     tags = np.zeros((n, 20), np.float32)
     tags[:, [0, 7]] = 1
-    crop = cfg.crop_size
+    crop = cfg.input.crop_size
     return {"image": tf.constant(rng.integers(0, 256, (n, crop, crop, 3)), tf.uint8),
             "valid": tf.constant([[crop, crop], [crop - 5, crop - 9]][:n] + [[crop, crop]] * (n - 2), tf.int32),
             "tags": tf.constant(tags),
-            "cue": tf.constant(rng.choice([0, 1, 8, 255], (n, cfg.crop_size, cfg.crop_size)), tf.uint8),
+            "cue": tf.constant(rng.choice([0, 1, 8, 255], (n, cfg.input.crop_size, cfg.input.crop_size)), tf.uint8),
             "id": tf.constant([f"img{i}" for i in range(n)])}   # strings, as the pipeline's: XLA has no kernel
 
 
@@ -74,7 +74,7 @@ def test_authors_code_objective_keeps_classification_and_decay_out_of_shared_lay
     classification + L2 on its own kernel."""
     distributed.init()
     cfg = config.make_config("tiny_test")
-    assert cfg.segmentation_objective == "authors_code"
+    assert cfg.schedule.segmentation_objective == "authors_code"
     batch = _batch(cfg)
     other_tags = dict(batch, tags=tf.constant(np.eye(20, dtype=np.float32)[[3, 11]]))
     (shared0, head0), (shared_a, head_a) = _one_step("authors_code", batch)

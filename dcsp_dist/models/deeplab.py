@@ -26,22 +26,22 @@ def _policy(mixed_precision: str):
 def build_model(cfg) -> keras.Model:
     """The DeepLab-v2 attention + segmentation model described by ``cfg`` (a Config).
 
-    Uses cfg.num_classes, blocks, base_width, output_stride, normalization, head_init_std
+    Uses cfg.model.num_classes, blocks, base_width, output_stride, normalization, head_init_std
     and mixed_precision. Logits and attention maps are float32 whatever the policy.
     """
-    if cfg.mixed_precision not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"mixed_precision must be float32, bfloat16 or float16, not {cfg.mixed_precision!r}")
-    dtype = _policy(cfg.mixed_precision)
-    backbone = build_resnet(cfg.blocks, cfg.base_width, cfg.output_stride, dtype=dtype,
-                            name=BACKBONE_NAME, normalization=cfg.normalization)
-    init = dict(kernel_initializer=keras.initializers.RandomNormal(0.0, cfg.head_init_std, seed=cfg.seed),
+    if cfg.model.mixed_precision not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"mixed_precision must be float32, bfloat16 or float16, not {cfg.model.mixed_precision!r}")
+    dtype = _policy(cfg.model.mixed_precision)
+    backbone = build_resnet(cfg.model.blocks, cfg.model.base_width, cfg.model.output_stride, dtype=dtype,
+                            name=BACKBONE_NAME, normalization=cfg.model.normalization)
+    init = dict(kernel_initializer=keras.initializers.RandomNormal(0.0, cfg.model.head_init_std, seed=cfg.run.seed),
                 bias_initializer="zeros")
     images = keras.Input((None, None, 3), name="image")
     features = backbone(images)                                    # [B, h, w, 2048]
-    branches = [AtrousConv2D(cfg.num_classes, d, name=n, dtype=dtype, **init)(features)
+    branches = [AtrousConv2D(cfg.model.num_classes, d, name=n, dtype=dtype, **init)(features)
                 for d, n in zip(ASPP_DILATIONS, ASPP_NAMES)]
     logits = layers.Add(name="fc1_voc12", dtype="float32")(branches)  # [B, h, w, C]
-    attention = layers.Conv2D(cfg.num_classes - 1, 1, name=ATTENTION_NAME, dtype="float32",
+    attention = layers.Conv2D(cfg.model.num_classes - 1, 1, name=ATTENTION_NAME, dtype="float32",
                               **init)(logits)                      # [B, h, w, C-1]
     return keras.Model(images, {"segmentation": logits, "attention": attention}, name="dcsp")
 
