@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     together = tf.function(lambda v, f: distributed.allreduce_mean_tensor(tf.concat([v, f], 0)))
     alone = tf.function(lambda v: distributed.allreduce_mean_tensor(v))
     apart = tf.function(lambda v, f: (distributed.allreduce_mean_tensor(v), distributed.allreduce_mean_tensor(f)))
-    contenders = {"step": lambda: trainer.step(batch).numpy(),
+    contenders = {"step": lambda: trainer.step(batch),
                   "allreduce 5": lambda: alone(five).numpy(),
                   "allreduce 5+flag": lambda: together(five, flag).numpy(),
                   "allreduce 5, flag apart": lambda: [t.numpy() for t in apart(five, flag)]}

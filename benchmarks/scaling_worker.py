@@ -24,10 +24,10 @@ trainer = StageTrainer("attention", cfg)   # gradients through the whole network
 distributed.broadcast_state(trainer.model, trainer.optimizer)
 batches = iter(data.make_train_dataset(args.data, cfg, args.per_rank_batch, ctx.rank, ctx.size))
 for _ in range(args.warmup):
-    trainer.step(next(batches)).numpy()
+    trainer.step(next(batches))
 start = time.perf_counter()
 for _ in range(args.steps):
-    trainer.step(next(batches)).numpy()
+    trainer.step(next(batches))
 seconds = time.perf_counter() - start
 per_rank = args.steps * args.per_rank_batch / seconds
 if ctx.is_chief:

@@ -1,4 +1,4 @@
-"""Hierarchical saliency (spec 6) with a pluggable detector; writes Saliency/<id>.png.
+"""Hierarchical saliency (docs/method.md §6) with a pluggable detector; writes Saliency/<id>.png.
 
     python -m data_tools.saliency --root VOC2012 --split-list lists/train_aug.txt
     python -m data_tools.saliency --root VOC2012 --split-list ... --model dhsnet.keras

@@ -65,7 +65,7 @@ class _Section:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Section):
-    """The network (spec 2)."""
+    """The network (docs/method.md §2)."""
     num_classes: int = 0                  # 0: from the records' class list (training sizes it: with_classes)
     blocks: tuple = (3, 4, 23, 3)         # ResNet-101
     base_width: int = 64                  # filters of the first stage's bottleneck
@@ -91,7 +91,7 @@ class ModelConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig(_Section):
-    """Training crops and their augmentation (spec 1)."""
+    """Training crops and their augmentation (docs/method.md §1)."""
     crop_size: int = 321
     min_scale: float = 0.5
     max_scale: float = 1.5
@@ -108,7 +108,7 @@ class InputConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(_Section):
-    """SGD with momentum, the poly rate and its multipliers (spec 3)."""
+    """SGD with momentum, the poly rate and its multipliers (docs/method.md §3)."""
     global_batch: int = 10
     base_lr: float = 1e-3
     segmentation_base_lr: float = 0.0     # base rate of the segmentation stages; 0 = base_lr (paper)
@@ -133,16 +133,16 @@ class OptimizerConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig(_Section):
-    """The stages: their lengths and what each trains (spec 4)."""
+    """The stages: their lengths and what each trains (docs/method.md §4)."""
     attention_steps: int = 30000
     segmentation_steps: int = 10000
     adapt_segmentation_steps: int = 10000
     attention_trains_backbone: bool = False   # paper: backbone frozen (ImageNet features)
-    # Segmentation stages (spec 4.3). "authors_code" (what produced 60.8): backbone and ASPP
+    # Segmentation stages (docs/method.md §4.3). "authors_code" (what produced 60.8): backbone and ASPP
     # get the segmentation loss alone, the attention head classification + L2 on its own
     # kernel. "paper_text": segmentation + classification + L2 into everything trained.
     segmentation_objective: str = "authors_code"
-    # Adapted cues (spec 4.4) as the authors compute them: argmax of the fused logits over
+    # Adapted cues (docs/method.md §4.4) as the authors compute them: argmax of the fused logits over
     # background + tags. True refines those probabilities with the dense CRF of evaluation
     # first (an option, not the authors' step; see docs/demo.md).
     adapt_crf: bool = False
@@ -152,11 +152,11 @@ class ScheduleConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig(_Section):
-    """How the network is run on whole images: cues, evaluation, prediction (spec 4.2, 5)."""
+    """How the network is run on whole images: cues, evaluation, prediction (docs/method.md §4.2, 5)."""
     cue_scales: tuple = (1.0, 0.75, 0.5)
     eval_scales: tuple = (1.0, 0.75, 0.5)
     bg_threshold: float = 0.4
-    # Where the stride-8 segmentation outputs are interpolated to the image (spec 5 and 4.4):
+    # Where the stride-8 segmentation outputs are interpolated to the image (docs/method.md §5 and 4.4):
     # "logits" as the authors (bilinear logits, then softmax/argmax); "probabilities" takes the
     # softmax on the output grid first. Interpolated logits move every boundary towards the
     # less confident class (objects shrink by up to a grid cell); see docs/conformance.md.
@@ -180,7 +180,7 @@ class InferenceConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class CRFConfig(_Section):
-    """The dense CRF of evaluation (spec 5) and of adapt_crf."""
+    """The dense CRF of evaluation (docs/method.md §5) and of adapt_crf."""
     iterations: int = 10
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
@@ -234,7 +234,7 @@ BOOKKEEPING = frozenset(RunConfig.PREFIX + name for name in RunConfig.BOOKKEEPIN
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every setting of a DCSP run, in sections; defaults are the paper's (spec sections 1-5).
+    """Every setting of a DCSP run, in sections; defaults are the paper's (docs/method.md §1-5).
     ``cfg.<flat name>`` reads any setting (``cfg.crf.iterations`` is ``cfg.crf.iterations``)."""
     name: str = "voc_paper"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

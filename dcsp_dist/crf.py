@@ -1,4 +1,4 @@
-"""Dense CRF post-processing (Kraehenbuehl & Koltun) with the spec 5 parameters, over the
+"""Dense CRF post-processing (Kraehenbuehl & Koltun) with the docs/method.md §5 parameters, over the
 labels that can matter.
 
 The mean-field cost grows linearly with the number of labels, and on an image almost all
@@ -25,7 +25,7 @@ from dcsp_dist.config import CRFConfig
 UNARY_CLIP = 1e-5   # pydensecrf.utils.unary_from_softmax's floor on probabilities
 
 
-# The CRF's parameters are the config's CRF section (``cfg.crf``; defaults: spec 5).
+# The CRF's parameters are the config's CRF section (``cfg.crf``; defaults: docs/method.md §5).
 CRFParams = CRFConfig
 
 

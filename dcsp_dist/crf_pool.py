@@ -1,4 +1,4 @@
-"""The dense CRF's worker pool, overlapped with the network (spec 5).
+"""The dense CRF's worker pool, overlapped with the network (docs/method.md §5).
 
 No TensorFlow here: the pool's processes are spawned and import only this module and
 ``dcsp_dist.crf``.

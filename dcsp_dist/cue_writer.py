@@ -1,4 +1,4 @@
-"""The cue stages (spec 4.2, 4.4): cue shards for the training split, rank-parallel,
+"""The cue stages (docs/method.md §4.2, 4.4): cue shards for the training split, rank-parallel,
 whole shards per rank.
 
 ``cues``: attention maps + saliency from the attention stage's model. ``adapt``:

@@ -1,4 +1,4 @@
-"""Localization cues (spec 4.2 and 4.4): attention + saliency -> label maps, and adapted
+"""Localization cues (docs/method.md §4.2 and 4.4): attention + saliency -> label maps, and adapted
 cues from the segmentation logits."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def normalise_maps(maps):
 
 
 def attention_cues(attention, saliency, tags, bg_threshold: float = 0.4):
-    """Initial cues from fused attention maps and saliency (spec 4.2).
+    """Initial cues from fused attention maps and saliency (docs/method.md §4.2).
 
     Args:
       attention: [H, W, C-1] attention maps at image size (fused over scales).
@@ -48,7 +48,7 @@ def adapted_probabilities(scores, tags, are_probabilities: bool = False):
 
 
 def adapted_cues(logits, tags):
-    """Adapted cues from fused segmentation logits [H, W, C] (spec 4.4, with the fix):
+    """Adapted cues from fused segmentation logits [H, W, C] (docs/method.md §4.4, with the fix):
     argmax over background + tagged classes; untagged classes are excluded (-inf), not
     multiplied by 0 as in the original. Probabilities instead of logits work the same."""
     allowed = tf.concat([[True], tf.cast(tags, tf.bool)], axis=0)[None, None, :]   # [1, 1, C]

@@ -1,7 +1,7 @@
 """Input pipelines: decode (bytes -> tensors) apart from augment (tensors -> crops).
 
 Training: this rank's shard files (``files[rank::size]``), interleaved, shuffled, parsed,
-augmented as spec 1 (random scale in [min, max), flip, pad, crop; the same geometry on
+augmented as docs/method.md §1 (random scale in [min, max), flip, pad, crop; the same geometry on
 every per-pixel map; only the crop's window of the JPEG is decoded), batched as uint8,
 prefetched; ``network_input`` (BGR minus the Caffe mean) runs in the train step. Cue shards
 written by the cues stage are zipped file by file with the image shards they mirror.
@@ -14,11 +14,11 @@ import os
 import tensorflow as tf
 
 from dcsp_dist import records
-from dcsp_dist.models.inputs import BGR_MEAN, preprocess_image  # noqa: F401  (the models' input contract)
+from dcsp_dist.models.inputs import preprocess_image
 from dcsp_dist.records import IGNORE_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Pad value per kind of per-pixel map: labels are ignored (spec 1 fix), saliency is 0.
+# Pad value per kind of per-pixel map: labels are ignored (docs/method.md §1 fix), saliency is 0.
 PAD_VALUES = {"cue": IGNORE_LABEL, "mask": IGNORE_LABEL, "saliency": 0}
 
 
@@ -59,7 +59,7 @@ def network_input(crops, valid) -> tf.Tensor:
     Args:
       crops: uint8 RGB [B, crop, crop, 3] from ``augment`` (batched).
       valid: int32 [B, 2], the rows and columns of each crop holding image content
-        (the rest is padding, which spec 1 fills with the mean: 0 after subtraction).
+        (the rest is padding, which docs/method.md §1 fills with the mean: 0 after subtraction).
     Runs inside the compiled train step, so on a GPU it costs the input pipeline nothing.
     """
     x = preprocess_image(crops)
@@ -207,7 +207,9 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
     (elastic training after a change of world size); it moves the seeds on, so a restarted
     pipeline does not replay the batches it drew from step 0.
 
-    Elements: {"image" [B, crop, crop, 3] float32, "tags" [B, 20], "id" [B]} plus
+    Elements: {"image" [B, crop, crop, 3] uint8 RGB (``network_input`` makes it the network's
+    input inside the step), "valid" [B, 2] int32 (the rows and columns of image content; the rest is padding),
+    "tags" [B, K] float32 multi-hot (K object classes, from the records), "id" [B]} plus
     "cue" [B, crop, crop] uint8 when ``cue_dir`` is given (segmentation stages).
     """
     split = split or cfg.run.train_split

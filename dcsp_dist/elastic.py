@@ -62,14 +62,13 @@ class ElasticWorld:
         """Rebuilt for each world size, from the committed step."""
         return lambda first, ctx: iter(make_dataset(cfg.per_rank_batch(ctx.size), ctx, first))
 
-    def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
-        model, optimizer = run_steps.model, run_steps.optimizer
-        state = distributed.ElasticState(model, optimizer, step=start)
+    def train(self, start: int, inputs, run_steps, run) -> None:
+        state = distributed.ElasticState(run.model, run.optimizer, step=start)
         calls = []
 
         def on_step(done):
             state.step = done
-            if done % commit_every == 0 or done == steps:
+            if done % run.commit_every == 0 or done == run.steps:
                 state.commit()
 
         @distributed.run_elastic
@@ -77,8 +76,8 @@ class ElasticWorld:
             c = distributed.refresh_context()
             iterator = inputs(state.step, c)   # ValueError (one line, every rank) if the batch does not divide
             if calls:
-                distributed.log(f"[{run_steps.stage}] elastic: {c.size} rank(s) from step {state.step}, "
-                                f"{run_steps.cfg.per_rank_batch(c.size)} image(s) per rank")
+                distributed.log(f"[{run.stage}] elastic: {c.size} rank(s) from step {state.step}, "
+                                f"{run.per_rank_batch(c.size)} image(s) per rank")
             calls.append(state.step)
             run_steps(state.step, iterator, c, on_step)
 

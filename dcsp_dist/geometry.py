@@ -1,4 +1,4 @@
-"""Where the network's stride-8 outputs sit on the image (spec 7), and resizes that keep it.
+"""Where the network's stride-8 outputs sit on the image (docs/method.md §7), and resizes that keep it.
 
 With the ResNet's paddings (7x7/2 conv on a 3-pixel pad, 3x3/2 max pool on a 1-pixel pad,
 stride on the first 1x1 conv), output position i of an output-stride-s map is computed

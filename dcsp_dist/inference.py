@@ -19,7 +19,7 @@ def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
     image every output's receptive field holds context (and no padding) it never saw in
     training. Here the image is cut into windows of the crop's size, overlapping by about a
     third, each starting on a multiple of the stride (so a window's output j is the whole
-    image's output origin/s + j, spec 7), the last one padded with 0 (the mean, as training
+    image's output origin/s + j, docs/method.md §7), the last one padded with 0 (the mean, as training
     pads) up to the window; the outputs of overlapping windows are averaged. An image
     smaller than the window is one window, padded as a training crop would be.
     """
@@ -53,7 +53,7 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     The network runs at each scale (the image resized with pixel-centre bilinear
     resizing); each smaller scale's output is brought onto the scale-1 output grid, the
     maps are fused by element-wise max, and the fused map is upsampled to the image size,
-    all keeping output i on the pixel it is computed around (spec 7, ``geometry``).
+    all keeping output i on the pixel it is computed around (docs/method.md §7, ``geometry``).
     ``key`` is "attention" or "segmentation"; ``stride`` the network's output stride.
     ``space="probabilities"`` (segmentation only) returns the softmax of the fused map,
     taken on the output grid before the upsampling (``Config.inference.upsample_space``).
@@ -94,7 +94,7 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
 
 
 def make_probability_fn(model, scales, stride: int = 8, space: str = "logits", window: int = 0):
-    """A compiled fn: uint8 RGB image [H, W, 3] -> class probabilities [H, W, C] (spec 5):
+    """A compiled fn: uint8 RGB image [H, W, 3] -> class probabilities [H, W, C] (docs/method.md §5):
     the fused segmentation logits upsampled then softmax (``space="logits"``, the authors'),
     or softmax on the output grid then upsampled (``space="probabilities"``); ``window``
     as ``make_multiscale_fn``."""

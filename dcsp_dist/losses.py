@@ -1,4 +1,4 @@
-"""DCSP losses (spec 3)."""
+"""DCSP losses (docs/method.md §3)."""
 from __future__ import annotations
 
 import tensorflow as tf
@@ -19,7 +19,7 @@ def classification_loss(attention, tags):
 def segmentation_loss(logits, cues, stride: int = 8):
     """Softmax cross-entropy of logits [B, h, w, C] against cues [B, H, W], mean over
     pixels whose label is not 255. Output i is scored against the label of pixel
-    stride * i, the pixel it is computed around (spec 7)."""
+    stride * i, the pixel it is computed around (docs/method.md §7)."""
     labels = tf.cast(labels_at_outputs(cues, stride), tf.int32)                # [B, h, w]
     valid = tf.not_equal(labels, IGNORE_LABEL)
     safe = tf.where(valid, labels, 0)

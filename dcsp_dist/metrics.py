@@ -1,4 +1,4 @@
-"""Confusion matrices and mIoU (spec 5). Ranks add matrices up; results come from the sum."""
+"""Confusion matrices and mIoU (docs/method.md §5). Ranks add matrices up; results come from the sum."""
 from __future__ import annotations
 
 import numpy as np

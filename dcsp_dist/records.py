@@ -15,7 +15,7 @@ import os
 from typing import Iterable
 
 SCHEMA_VERSION = 1
-# In masks and cues, 255 marks pixels that no loss or metric counts (spec 1); class ids are 0..254.
+# In masks and cues, 255 marks pixels that no loss or metric counts (docs/method.md §1); class ids are 0..254.
 IGNORE_LABEL = 255
 
 

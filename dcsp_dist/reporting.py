@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-LOSS_NAMES = ("total", "classification", "segmentation", "l2")
-
 
 def fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -16,7 +14,7 @@ def fmt_eta(seconds: float) -> str:
 def visualise(model, batch, stride: int, space: str = "logits"):
     """One image strip for TensorBoard: input | cue | prediction | attention of tagged classes.
 
-    The network's outputs are brought to the crop with the stride-8 geometry (spec 7), and
+    The network's outputs are brought to the crop with the stride-8 geometry (docs/method.md §7), and
     the segmentation in ``space`` (``Config.inference.upsample_space``), as in cues and evaluation, so
     the strip shows what the loss and the cues see.
     """
@@ -72,19 +70,19 @@ class Reporter:
         """A run of steps starts at step ``first`` (again, after an elastic reset)."""
         self.first, self.tick, self.last_step = first, time.time(), first
 
-    def step_done(self, done: int, values, batch, is_chief: bool, step_start: float) -> None:
+    def step_done(self, done: int, result, batch, is_chief: bool, step_start: float) -> None:
         cfg = self.cfg
         if not is_chief:
             return
         if done % cfg.run.log_every == 0 or done == self.steps:
-            self._scalars(done, values, step_start)
+            self._scalars(done, result, step_start)
         if done % cfg.run.image_summary_every == 0 or done == self.steps:
             import tensorflow as tf
             with self.writer().as_default(step=done):
                 tf.summary.image("input|cue|prediction|attention",
                                  visualise(self.model, batch, cfg.model.output_stride, cfg.inference.upsample_space))
 
-    def _scalars(self, done: int, values, step_start: float) -> None:
+    def _scalars(self, done: int, result, step_start: float) -> None:
         import tensorflow as tf
 
         from dcsp_dist.distributed import log
@@ -92,11 +90,11 @@ class Reporter:
         images_per_sec = (done - self.last_step) * self.cfg.optimizer.global_batch / max(now - self.tick, 1e-9)
         lr = float(self.schedule(done - 1))
         eta = (now - self.t0) / max(done - self.first, 1) * (self.steps - done)
-        log(f"[{self.stage}] step {done}/{self.steps} ({100 * done / self.steps:.0f}%) loss {values[0]:.4f} "
-            f"(cls {values[1]:.4f} seg {values[2]:.4f} l2 {values[3]:.4f}) lr {lr:.2e} "
+        log(f"[{self.stage}] step {done}/{self.steps} ({100 * done / self.steps:.0f}%) loss {result.total:.4f} "
+            f"(cls {result.classification:.4f} seg {result.segmentation:.4f} l2 {result.l2:.4f}) lr {lr:.2e} "
             f"{images_per_sec:.1f} img/s ETA {fmt_eta(eta)}")
         with self.writer().as_default(step=done):
-            for name, v in zip(LOSS_NAMES, values):
+            for name, v in result.losses.items():
                 tf.summary.scalar(f"loss/{name}", v)
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("images_per_sec", images_per_sec)

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: poly decay (spec 3), optional linear warm-up for large batches."""
+"""Learning-rate schedule: poly decay (docs/method.md §3), optional linear warm-up for large batches."""
 from __future__ import annotations
 
 import keras

@@ -1,4 +1,4 @@
-"""The DCSP schedule (spec 4): the only list of stage names.
+"""The DCSP schedule (docs/method.md §4): the only list of stage names.
 
 Each stage says what kind it is, which setting counts its steps, which stage's model it
 starts from, which cue stage's shards it trains on, whether it trains the backbone and which

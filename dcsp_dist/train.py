@@ -1,4 +1,4 @@
-"""DCSP training on Horovod: attention stage, cues, segmentation, adaptation (spec 4).
+"""DCSP training on Horovod: attention stage, cues, segmentation, adaptation (docs/method.md §4).
 
     horovodrun -np 8 python -m dcsp_dist.train --stage attention --config voc_paper \
         --data records/voc12 --workdir runs/voc
@@ -62,11 +62,6 @@ class StepLoop:
         self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
             stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
         self.workdir = workdir
-        self.model, self.optimizer = trainer.model, trainer.optimizer
-
-    @property
-    def heartbeat_dir(self) -> str:
-        return os.path.join(layout.stage_dir(self.workdir, self.stage), "heartbeat")
 
     def __call__(self, first: int, iterator, ctx, on_step=None, beat=None) -> None:
         """``beat(progress)``, when given, hears 2*step+1 as a step starts and 2*done when it ends."""
@@ -76,12 +71,12 @@ class StepLoop:
             batch = self._next(iterator, ctx)
             beat(2 * step + 1)
             step_start = time.time()
-            values = self.trainer.step(batch, preemption.requested()).numpy()
+            result = self.trainer.step(batch, preemption.requested())
             done = step + 1
             beat(2 * done)
-            self._check_finite(values, done)
-            self.reporter.step_done(done, values, batch, ctx.is_chief, step_start)
-            stop = values[5] > 0           # some rank was signalled: every rank sees it at this step
+            self._check_finite(result, done)
+            self.reporter.step_done(done, result, batch, ctx.is_chief, step_start)
+            stop = result.stop             # some rank was signalled: every rank sees it at this step
             if stop or done % self.cfg.run.checkpoint_every == 0 or done == self.trainer.steps:
                 self._check_state(done)    # every rank: they hold the same weights
                 if ctx.is_chief:
@@ -105,14 +100,14 @@ class StepLoop:
         return FloatingPointError(f"[{self.stage}] {what} at step {done}; stopped. The last good checkpoint "
                                   f"is kept: {self.ckpts.latest or 'none yet'}")
 
-    def _check_finite(self, values, done: int) -> None:
+    def _check_finite(self, result, done: int) -> None:
         """The step's rank-averaged losses and its gradients' flag (the same on every rank)."""
-        import numpy as np
+        import math
 
         from dcsp_dist import distributed
-        if not np.isfinite(values[:4]).all():
-            raise self._stopped(f"non-finite loss {values[0]}", done)
-        if values[4] < 1:
+        if not all(math.isfinite(v) for v in result.losses.values()):
+            raise self._stopped(f"non-finite loss {result.total}", done)
+        if not result.finite:
             if self.cfg.model.mixed_precision != "float16":
                 raise self._stopped("non-finite gradients (loss finite)", done)
             distributed.log(f"[{self.stage}] step {done}: float16 gradients overflowed; step skipped")
@@ -143,6 +138,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     from dcsp_dist import checkpoints, data, distributed, records
     from dcsp_dist.reporting import Reporter
     from dcsp_dist.trainer import StageTrainer
+    from dcsp_dist.world import StageRun
 
     # The global seed first: tf.data's seeded ops derive their seeds from it, so a stage
     # draws the same batches whether it runs alone or inside --stage all.
@@ -174,7 +170,9 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
 
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
-    world.train(start, trainer.steps, batches, loop, cfg.run.elastic_commit_every)
+    world.train(start, batches, loop, StageRun(
+        stage, trainer.steps, trainer.model, trainer.optimizer, os.path.join(directory, "heartbeat"),
+        cfg.run.stall_timeout, cfg.run.elastic_commit_every, cfg.per_rank_batch))
     _finish(stage, trainer, ckpts, reporter, world.context, start, workdir, inputs)
     return trainer
 

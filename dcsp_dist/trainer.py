@@ -1,6 +1,8 @@
 """The compiled training step of one stage: model, optimiser, parameter groups and the
-Horovod-averaged SGD step (spec 3, 4.1, 4.3)."""
+Horovod-averaged SGD step (docs/method.md §3, 4.1, 4.3)."""
 from __future__ import annotations
+
+import typing
 
 from dcsp_dist import stages
 
@@ -14,13 +16,33 @@ def build_model(cfg):
     return build(cfg)
 
 
+
+class StepResult(typing.NamedTuple):
+    """One training step's outcome, averaged over the ranks (so the same on every rank)."""
+    total: float
+    classification: float
+    segmentation: float
+    l2: float
+    finite: bool      # every rank's gradients were finite
+    stop: bool        # some rank was signalled: every rank stops after this step
+
+    @classmethod
+    def of(cls, values) -> "StepResult":
+        """From the compiled step's vector [total, cls, seg, l2, finite mean, stop mean]."""
+        return cls(*(float(v) for v in values[:4]), bool(values[4] >= 1), bool(values[5] > 0))
+
+    @property
+    def losses(self) -> dict:
+        return {"total": self.total, "classification": self.classification, "segmentation": self.segmentation,
+                "l2": self.l2}
+
 class StageTrainer:
     """Model, optimiser and compiled step of one training stage.
 
     The attention stage trains the new layers only (the backbone too when
     cfg.schedule.attention_trains_backbone, for models without ImageNet features) on classification
     + L2. Segmentation stages train everything but batch norm, with the objective
-    cfg.schedule.segmentation_objective (spec 4.3): "authors_code" sends the segmentation loss
+    cfg.schedule.segmentation_objective (docs/method.md §4.3): "authors_code" sends the segmentation loss
     alone into backbone and ASPP and classification + L2 on its own kernel into the
     attention head; "paper_text" sends segmentation + classification + L2 into everything.
     Learning-rate multipliers x1/x10/x20 scale the gradients of the backbone / head kernels
@@ -96,7 +118,7 @@ class StageTrainer:
                 total = cls + seg + l2
                 # Static loss scaling for float16 (1 otherwise), inside the tape.
                 scaled_total, scaled_seg, scaled_head = total * loss_scale, seg * loss_scale, (cls + l2) * loss_scale
-            if split:   # spec 4.3, authors' code: each loss reaches its own layers only
+            if split:   # docs/method.md §4.3, authors' code: each loss reaches its own layers only
                 grads = tape.gradient(scaled_seg, distributed.raw_variables(shared)) + \
                     tape.gradient(scaled_head, distributed.raw_variables(head))
             else:
@@ -148,4 +170,4 @@ class StageTrainer:
             values = tf.concat([values, tf.cast(finite, tf.float32)[None], stop[None]], 0)
             return distributed.allreduce_mean_tensor(values)
 
-        return lambda batch, stop=False: train_step(batch, tf.constant(1.0 if stop else 0.0))
+        return lambda batch, stop=False: StepResult.of(train_step(batch, tf.constant(1.0 if stop else 0.0)).numpy())

@@ -13,8 +13,25 @@ Both speak to Horovod only through ``dcsp_dist.distributed``.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 from dcsp_dist import config as config_lib
 from dcsp_dist import distributed, runlock
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+    """What a world needs to run a stage's steps: handed to ``train``, each world reads its part."""
+    stage: str
+    steps: int
+    model: typing.Any
+    optimizer: typing.Any
+    heartbeat_dir: str            # fixed: the stall watchdog's heartbeats
+    stall_timeout: float          # fixed: seconds without a step before a stalled rank ends the job
+    commit_every: int             # elastic: steps between commits
+    per_rank_batch: typing.Callable[[int], int]   # elastic: images per rank for a world size
+
 
 # The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name.
 _AGREED_ERRORS = {"ValueError": ValueError, "OSError": OSError}
@@ -98,12 +115,12 @@ class FixedWorld:
         dataset = make_dataset(cfg.per_rank_batch(self._ctx.size), self._ctx, 0)
         return lambda first, ctx: iter(dataset.skip(first) if first else dataset)
 
-    def train(self, start: int, steps: int, inputs, run_steps, commit_every: int) -> None:
-        """Steps ``start``..``steps``: ``run_steps(first, iterator, ctx, on_step, beat)``, watched
-        for a stalled rank (dcsp_dist.watchdog)."""
+    def train(self, start: int, inputs, run_steps, run: StageRun) -> None:
+        """Steps ``start``..``run.steps``: ``run_steps(first, iterator, ctx, on_step, beat)``,
+        watched for a stalled rank (dcsp_dist.watchdog)."""
         from dcsp_dist import watchdog
         iterator = inputs(start, self._ctx)
-        with watchdog.watching(run_steps.heartbeat_dir, self._ctx, run_steps.cfg.run.stall_timeout) as beat:
+        with watchdog.watching(run.heartbeat_dir, self._ctx, run.stall_timeout) as beat:
             run_steps(start, iterator, self._ctx, None, beat)
 
 

@@ -1,4 +1,4 @@
-"""Cue computation (spec 4.2 / 4.4) against an independent NumPy implementation."""
+"""Cue computation (docs/method.md §4.2 / 4.4) against an independent NumPy implementation."""
 import numpy as np
 import tensorflow as tf
 

@@ -201,7 +201,7 @@ def test_augment_keeps_image_and_maps_aligned():
         # A flip shows as the column blocks in reverse order (label % 3 falls along a row).
         row = cue[0, :cols] % 3
         flipped += int(row[0] > row[-1])
-        # The network input: BGR minus the Caffe mean, padding exactly 0 (spec 1).
+        # The network input: BGR minus the Caffe mean, padding exactly 0 (docs/method.md §1).
         x = data.network_input(out["image"][None], out["valid"][None])[0].numpy()
         assert (x[~inside] == 0).all()
         np.testing.assert_allclose(x[inside], rgb[inside][:, ::-1] - np.array(BGR_MEAN), atol=1e-4)

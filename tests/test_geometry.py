@@ -1,4 +1,4 @@
-"""Stride-8 geometry (spec 7): every resize keeps output i on image pixel 8i."""
+"""Stride-8 geometry (docs/method.md §7): every resize keeps output i on image pixel 8i."""
 import keras
 import numpy as np
 import pytest

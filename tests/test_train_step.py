@@ -26,7 +26,7 @@ def test_xla_step_equals_plain_step():
     results = []
     for xla in (False, True):
         trainer = StageTrainer("segmentation", cfg.replace(xla=xla, deterministic=False))
-        losses = trainer.step(_batch(cfg)).numpy()
+        losses = np.array(trainer.step(_batch(cfg)), np.float64)
         results.append((losses, [np.asarray(v) for v in trainer.model.trainable_weights]))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
     for a, b in zip(results[0][1], results[1][1]):

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 from data_tools.sources.base import Source, SourceError, load_files
 
-# Index = class id; 0 is background, 255 is "ignore" in ground-truth masks (spec 1).
+# Index = class id; 0 is background, 255 is "ignore" in ground-truth masks (docs/method.md §1).
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",

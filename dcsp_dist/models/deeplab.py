@@ -1,4 +1,4 @@
-"""The DCSP network: dilated ResNet + ASPP segmentation head + attention head (spec 2).
+"""The DCSP network: dilated ResNet + ASPP segmentation head + attention head (docs/method.md §2).
 
 ``build_model(cfg)`` returns one Keras model whose output is a dict:
 ``{"segmentation": [B, h, w, C] logits, "attention": [B, h, w, C-1] maps}``, both float32.
@@ -74,7 +74,7 @@ class ParameterGroups:
 
     @property
     def conv_kernels(self) -> list:
-        """Conv kernels (weights, no biases, no BN) for the L2 term (spec 3)."""
+        """Conv kernels (weights, no biases, no BN) for the L2 term (docs/method.md §3)."""
         return [v for v in self.backbone if len(v.shape) == 4] + self.head_kernels
 
 

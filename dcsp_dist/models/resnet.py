@@ -3,7 +3,7 @@
 Layer names follow ``keras.applications.ResNet101`` (``conv1_conv``, ``conv4_block23_3_bn``
 ...), so its weights copy over layer by layer. The stride sits on the first 1x1 conv of a
 down-sampling block (ResNet v1). For output stride 8 the last two stages keep stride 1 and
-dilate their 3x3 convs by 2 and 4 (DeepLab-v2, spec 2).
+dilate their 3x3 convs by 2 and 4 (DeepLab-v2, docs/method.md §2).
 
 Normalisation: ``frozen_batch_norm`` (the paper's, for ImageNet weights) builds batch norm
 with ``trainable=False``, which in Keras 3 also means inference mode (moving statistics).

@@ -40,7 +40,7 @@ for step in range(args.steps):
     rows = examples[step * args.global_batch:(step + 1) * args.global_batch]
     rows = rows[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
     batch = {k: tf.stack([r[k] for r in rows]) for k in ("image", "valid", "tags", "cue")}
-    losses = trainer.step(batch).numpy()
+    losses = np.array(trainer.step(batch), np.float64)
     print(f"rank {ctx.rank} step {step + 1}: losses {losses}", flush=True)
 os.makedirs(args.out, exist_ok=True)
 np.savez(os.path.join(args.out, f"weights-np{ctx.size}-rank{ctx.rank}.npz"),
