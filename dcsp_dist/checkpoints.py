@@ -153,8 +153,11 @@ def save(manager, step: int) -> str:
     import shutil
 
     import tensorflow as tf
+
+    from dcsp_dist import preemption
     try:
-        path = manager.save(checkpoint_number=step)
+        with preemption.critical(f"checkpoint {step}"):   # a signal never cuts a checkpoint short
+            path = manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as exc:
         prefix = os.path.join(manager.directory, f"ckpt-{step}")
         for partial in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"):

@@ -28,7 +28,8 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
             yield ex, argmax if crf_params is None else dense_crf(ex["image"].numpy(), probs, crf_params), argmax
         return
     pending = collections.deque()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=ignore_preemption_signals)
     try:
         for ex in dataset:
             probs = probabilities(ex["image"]).numpy()
@@ -44,6 +45,17 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
             yield done_ex, future.result(), argmax
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ignore_preemption_signals() -> None:
+    """In a CRF worker: a preemption signal (sent to the whole process group by SLURM, srun or
+    a terminal) is the rank's to handle; the worker finishes its image, and the rank stops
+    between images with exit 75. A worker killed by it would break the pool instead."""
+    import signal
+
+    from dcsp_dist.preemption import DEFAULT_SIGNALS, parse_signals
+    for sig in parse_signals(DEFAULT_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def default_crf_workers(local_size: int) -> int:

@@ -143,6 +143,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     if any(s for _, s in gathered):
         if ctx.is_chief:
             preemption.record(workdir, f"{stage}: {sum(len(w) for w, _ in gathered)} cue shards finished")
+        distributed.barrier()          # the marker is on disk before any rank exits
         raise preemption.Preempted(f"[{stage}] preempted ({preemption.signal_name() or 'another rank was signalled'}); "
                                    f"finished cue shards are kept; relaunch the same command to write the rest")
     shards = sorted((s for rank, _ in gathered for s in rank), key=lambda s: s["file"])

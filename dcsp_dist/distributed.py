@@ -278,10 +278,27 @@ def peer_failed(exc: BaseException) -> bool:
     return "Horovod has been shut down" in str(exc)
 
 
+def collective_failed(exc: BaseException) -> bool:
+    """True for a collective that failed underneath (Gloo's receive timeout, a peer's closed
+    connection, Horovod's internal error), as opposed to an error of this rank's own."""
+    from horovod.common.exceptions import HorovodInternalError
+    if isinstance(exc, HorovodInternalError):
+        return True
+    text = str(exc)
+    return isinstance(exc, tf.errors.OpError) and any(
+        k in text for k in ("Horovod", "horovod", "Gloo", "gloo", "Timed out", "Connection closed", "Connection reset"))
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 def run_or_report(job, expected: tuple) -> int:
     """Run ``job()``; exit status 0, or 1 after one line on stderr for an ``expected`` error
     (bad input, damaged files, a full disk) or for the error a rank gets in a collective
-    once another rank has failed (that rank's own line says why), or
+    once another rank has failed or stopped (the failing rank's own line, or the watchdog's,
+    says which when it could), or
     ``preemption.EXIT_PREEMPTED`` after a signal stopped the job resumably."""
     from dcsp_dist import preemption
     try:
@@ -293,9 +310,10 @@ def run_or_report(job, expected: tuple) -> int:
         error(str(exc))
         return 1
     except Exception as exc:
-        if not peer_failed(exc):
+        if not (peer_failed(exc) or collective_failed(exc)):
             raise
-        error("stopped because another rank failed (its error line is above)")
+        error(f"stopped: a collective with the other ranks failed ({first_line(exc)}); another rank stopped or "
+              f"failed")
         return 1
     return 0
 

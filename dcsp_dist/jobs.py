@@ -118,9 +118,12 @@ class Job:
         from dcsp_dist import distributed, preemption
         total, stopped = distributed.allreduce_sum(np.array([count, int(self.stopped)], np.int64))
         if stopped:
+            where = f"after {total} of {self.manifest['num_examples']} images"
+            if distributed.context().is_chief:
+                preemption.record(None, f"{where}; nothing written")   # $DCSP_PREEMPT_MARKER, when a batch script set it
+            distributed.barrier()
             raise preemption.Preempted(f"preempted ({preemption.signal_name() or 'another rank was signalled'}) "
-                                       f"after {total} of {self.manifest['num_examples']} images; nothing written; "
-                                       f"relaunch the same command")
+                                       f"{where}; nothing written; relaunch the same command to redo all of it")
         return int(total)
 
 

@@ -7,26 +7,45 @@ import os
 LOCK_NAME = ".lock"
 LOCK_HEARTBEAT_SECONDS = 30     # the holder touches the lock this often
 LOCK_STALE_SECONDS = 300        # a lock untouched this long (holder stopped or gone) is taken over
+HEARTBEAT_RETRIES = 5           # failed touches in a row (a transient NFS error) before the holder says so
 
 
 class RunLocked(ValueError):
     """Another live job holds the run directory."""
 
 
+def scheduler_job() -> dict:
+    """This process's scheduler job, as the lock records it: SLURM's job id and restart count,
+    or the Kubernetes job's uid (``DCSP_K8S_JOB_UID``, set from the pod's metadata)."""
+    env = os.environ
+    job = {}
+    if env.get("SLURM_JOB_ID"):
+        job["slurm_job_id"] = env["SLURM_JOB_ID"]
+        job["slurm_restart"] = int(env.get("SLURM_RESTART_COUNT", 0) or 0)
+    if env.get("DCSP_K8S_JOB_UID"):
+        job["k8s_job_uid"] = env["DCSP_K8S_JOB_UID"]
+    return job
+
+
 class RunLock:
     """``<workdir>/.lock``: one job per run directory.
 
     Rank 0 creates it exclusively (O_CREAT|O_EXCL) with its holder (host, pid, start time,
-    a token) and touches it every ``LOCK_HEARTBEAT_SECONDS`` from a daemon thread. A second
-    job refuses with one line naming the holder. A stale lock (its process dead on this
-    host, or no heartbeat for ``LOCK_STALE_SECONDS``) is taken over with a warning: it is
-    renamed away first, so of two jobs taking it over at once only one succeeds.
+    a token, the scheduler's job) and touches it every ``LOCK_HEARTBEAT_SECONDS`` from a
+    daemon thread, checking on each beat that the lock still carries its token. A second job
+    refuses with one line naming the holder. A stale lock is taken over with a warning: its
+    process is gone on this host, it has had no heartbeat for ``LOCK_STALE_SECONDS``, or it
+    was left by an earlier run of this same scheduler job (SLURM requeued it, maybe onto
+    another node: same job id, an earlier restart count). A takeover renames the lock aside,
+    checks that what it moved is the lock it judged (its token), and puts it back otherwise,
+    so of two jobs taking it over at once only one succeeds.
     """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, LOCK_NAME)
         self.token = None
         self._stop = None
+        self.lost = None           # set by the heartbeat when the lock no longer carries our token
 
     def acquire(self, warn=print) -> None:
         import socket
@@ -35,7 +54,7 @@ class RunLock:
         import uuid
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "token": uuid.uuid4().hex}
+                  "token": uuid.uuid4().hex, **scheduler_job()}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -52,7 +71,7 @@ class RunLock:
                 raise OSError(exc.errno, f"writing the run lock {self.path} failed: {exc.strerror}") from None
             self.token = holder["token"]
             self._stop = threading.Event()
-            threading.Thread(target=self._heartbeat, daemon=True, name="dcsp-run-lock").start()
+            threading.Thread(target=self._heartbeat, args=(warn,), daemon=True, name="dcsp-run-lock").start()
             return
         raise RunLocked(f"--workdir {os.path.dirname(self.path)}: could not take {self.path} (another job keeps "
                         f"taking it)")
@@ -62,6 +81,7 @@ class RunLock:
         why = _stale_because(holder, age)
         if why is None:
             who = (f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('started')}"
+                   + (f" (SLURM job {holder['slurm_job_id']})" if holder.get("slurm_job_id") else "")
                    if holder else "a job that is starting")
             raise RunLocked(f"--workdir {os.path.dirname(self.path)} is in use by {who} (lock {self.path}, "
                             f"touched {age:.0f} s ago); wait for that job or stop it (a lock untouched for "
@@ -71,6 +91,16 @@ class RunLock:
             os.replace(self.path, aside)
         except FileNotFoundError:
             return      # another job took it over first; try again
+        moved = _read(aside)
+        if moved.get("token") != holder.get("token"):
+            # Between our look and our rename another job took the lock over and wrote its own:
+            # that one is live. Put it back (unless yet another lock appeared meanwhile).
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            os.remove(aside)
+            return
         os.remove(aside)
         warn(f"warning: took over the stale lock of host {holder.get('host')} pid {holder.get('pid')} "
              f"({why}): {self.path}")
@@ -79,19 +109,26 @@ class RunLock:
         import time
         try:
             age = time.time() - os.path.getmtime(self.path)
-            with open(self.path) as fh:
-                return json.loads(fh.read() or "{}"), age
         except FileNotFoundError:
             return {}, 0.0
-        except ValueError:
-            return {}, age
+        return _read(self.path), age
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, warn) -> None:
+        failures = 0
         while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
             try:
+                if _read(self.path).get("token") != self.token:
+                    self.lost = f"{self.path} no longer carries this job's token (another job took it over)"
+                    warn(f"warning: the run lock was taken from this job: {self.lost}; two jobs may now write "
+                         f"{os.path.dirname(self.path)}")
+                    return
                 os.utime(self.path)
-            except OSError:
-                return
+                failures = 0
+            except OSError as exc:     # a transient error (NFS): keep trying, say so if it lasts
+                failures += 1
+                if failures == HEARTBEAT_RETRIES:
+                    warn(f"warning: touching the run lock {self.path} failed {failures} times ({exc.strerror}); "
+                         f"still trying (another job may take it over after {LOCK_STALE_SECONDS} s)")
 
     def release(self) -> None:
         """Remove the lock if it is still ours."""
@@ -104,6 +141,15 @@ class RunLock:
         self.token = None
 
 
+def _read(path: str) -> dict:
+    """A lock's holder, {} when it is gone, empty or unreadable."""
+    try:
+        with open(path) as fh:
+            return json.loads(fh.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
 def _stale_because(holder: dict, age: float) -> str | None:
     """Why a lock with ``holder`` touched ``age`` seconds ago is stale, or None if it is live."""
     import socket
@@ -111,6 +157,13 @@ def _stale_because(holder: dict, age: float) -> str | None:
         return f"no heartbeat for {age:.0f} s"
     if not holder and age > LOCK_HEARTBEAT_SECONDS:
         return f"an empty lock, {age:.0f} s old"
+    mine = scheduler_job()
+    if holder.get("slurm_job_id") and holder["slurm_job_id"] == mine.get("slurm_job_id") \
+            and holder.get("slurm_restart", 0) < mine.get("slurm_restart", 0):
+        return f"left by SLURM job {holder['slurm_job_id']} before its requeue {mine['slurm_restart']}"
+    if holder.get("k8s_job_uid") and holder["k8s_job_uid"] == mine.get("k8s_job_uid") \
+            and holder.get("host") != socket.gethostname():
+        return f"left by an earlier pod of Kubernetes job {holder['k8s_job_uid']}"
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         try:
             os.kill(holder["pid"], 0)

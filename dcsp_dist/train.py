@@ -80,18 +80,24 @@ class StepLoop:
             if stop or done % self.cfg.run.checkpoint_every == 0 or done == self.trainer.steps:
                 self._check_state(done)    # every rank: they hold the same weights
                 if ctx.is_chief:
-                    self.ckpts.save(done)
+                    self._save(done, stop)
             if on_step:
                 on_step(done)
             if stop:
-                self._preempted(done, ctx)
+                self._preempted(done)
 
-    def _preempted(self, done: int, ctx) -> None:
+    def _save(self, done: int, stop: bool) -> None:
+        """Rank 0's checkpoint, and on a preemption its marker: one write that no signal cuts
+        short (a hard stop asked for meanwhile exits 75 right after it, the job resumable)."""
+        with preemption.critical(f"checkpoint {done}", safe_exit=preemption.EXIT_PREEMPTED if stop else None):
+            self.ckpts.save(done)
+            if stop:
+                self.reporter.flush()
+                preemption.record(self.workdir, f"{self.stage} step {done}, {self.ckpts.latest}")
+
+    def _preempted(self, done: int) -> None:
         from dcsp_dist import distributed
-        if ctx.is_chief:
-            self.reporter.flush()
-            preemption.record(self.workdir, f"{self.stage} step {done}, {self.ckpts.latest}")
-        distributed.barrier()          # the checkpoint is on disk before any rank exits
+        distributed.barrier()          # the checkpoint and marker are on disk before any rank exits
         raise preemption.Preempted(f"[{self.stage}] preempted at step {done}/{self.trainer.steps} "
                                    f"({preemption.signal_name() or 'another rank was signalled'}); checkpoint "
                                    f"{self.ckpts.latest}; relaunch the same command to resume")

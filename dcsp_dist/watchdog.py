@@ -22,6 +22,13 @@ waits for every rank, so a stopped rank stops the inspector too (docs/running.md
 that stalls", has the measurement). Files in the run directory need nothing but the shared
 filesystem the checkpoints already need, and they say which host to look at.
 
+Under the defaults a collective's own timeout may fire first (Gloo's is 30 s): the rank
+whose collective failed then reads the heartbeats (``blame``) and its error line names the
+rank that went silent or fell behind. With MPI, which has no such timeout, the watchdog's
+bound applies. A job that was suspended as a whole (``scontrol suspend``, PreemptMode=SUSPEND,
+SIGSTOP to every rank) is not a stall: a watchdog whose own gap between two checks is far
+longer than its interval was stopped itself, and it starts its view of the others afresh.
+
 The bound must exceed the longest legitimate silence: a step (the first one traces),
 and rank 0's checkpoint write while the others wait in the next step's collective. The
 default, 300 s, is sized for ResNet-101 on GPUs (a step is about a second; its 353 MB
@@ -39,6 +46,11 @@ import time
 from dcsp_dist.console import say
 
 EXIT_STALLED = 76
+SUSPENDED_AFTER = 3      # a gap of this many intervals between two checks: the watchdog itself was stopped
+
+
+class StalledPeer(RuntimeError):
+    """A collective failed and the heartbeats say which rank stalled (one line)."""
 
 
 def interval_for(timeout: float) -> float:
@@ -105,16 +117,38 @@ class Watchdog:
         return record if record.get("token") == self.token else None    # an earlier launch's file
 
     def _run(self) -> None:
+        last = self._clock()
         while not self._stop.wait(self.interval):
+            now = self._clock()
             self._write()
+            if now - last > SUSPENDED_AFTER * self.interval:   # this process was stopped: suspend, not stall
+                self._restart_view(now)
+            last = now
             stalled = self.check()
             if stalled:
                 self._report(stalled)
                 self._exit(EXIT_STALLED)
                 return
 
-    def check(self) -> list[tuple[dict, str]]:
-        """Read every rank's file once; the stalled ranks, each with why (empty: none)."""
+    def _restart_view(self, now: float) -> None:
+        """Forget what was seen before a suspension: every rank starts afresh from ``now``."""
+        self._seen.clear()
+        for r in range(self.size):
+            self._changed[r] = self._moved[r] = now
+
+    def blame(self) -> str | None:
+        """After a collective failed: the ranks that went silent or fell behind, by their
+        heartbeats, as one phrase; None when every rank looks alive."""
+        stalled = self.check(self.interval * 2)
+        if not stalled:
+            return None
+        return "; ".join(f"rank {rec['rank']} (host {rec.get('host', '?')}, pid {rec.get('pid', '?')}) {why}, last at "
+                         f"{_where(rec.get('progress'))}" for rec, why in stalled)
+
+    def check(self, timeout: float | None = None) -> list[tuple[dict, str]]:
+        """Read every rank's file once; the ranks stalled for ``timeout`` seconds (default:
+        the watchdog's bound), each with why (empty: none)."""
+        timeout = self.timeout if timeout is None else timeout
         now, records = self._clock(), {}
         for r in range(self.size):
             record = self._read(r)
@@ -126,11 +160,11 @@ class Watchdog:
                         self._moved[r] = now
                     self._seen[r], self._changed[r] = key, now
         live = [r for r in range(self.size) if not records.get(r, {}).get("finished")]
-        silent = [r for r in live if now - self._changed[r] > self.timeout]
+        silent = [r for r in live if now - self._changed[r] > timeout]
         if silent:
             return [(records.get(r) or {"rank": r}, f"no heartbeat for {now - self._changed[r]:.0f} s")
                     for r in silent]
-        if live and now - max(self._moved[r] for r in live) > self.timeout:
+        if live and now - max(self._moved[r] for r in live) > timeout:
             progress = {r: records[r]["progress"] for r in live if r in records}
             if progress and min(progress.values()) < max(progress.values()):
                 low = min(progress.values())
@@ -173,5 +207,13 @@ def watching(directory: str, ctx, timeout: float):
     dog = Watchdog(directory, ctx.rank, ctx.size, timeout, token).start()
     try:
         yield dog.beat
+    except Exception as exc:
+        # A collective that failed because a peer stopped (Gloo's timeout fires before the
+        # watchdog's bound): name the rank the heartbeats show, not "another rank".
+        blame = dog.blame() if distributed.peer_failed(exc) or distributed.collective_failed(exc) else None
+        if blame:
+            raise StalledPeer(f"a collective failed ({distributed.first_line(exc)}); by the heartbeats: {blame}") \
+                from None
+        raise
     finally:
         dog.stop()

@@ -44,6 +44,7 @@ mpirun_args=(-np "$((WORKERS * GPUS))" --allow-run-as-root -bind-to none -map-by
 json_args=$("$(command -v python3)" -c 'import json,sys; print(", ".join(json.dumps(a) for a in sys.argv[1:]))' "${mpirun_args[@]}")
 manifest=$(sed -e "s|@NAME@|$NAME|" -e "s|@IMAGE@|$IMAGE|g" -e "s|@WORKERS@|$WORKERS|" \
                -e "s|@GPUS_PER_WORKER@|$GPUS|g" -e "s|@PVC@|$PVC|" -e "s|@GRACE@|$GRACE|g" \
+               -e "s|@RELAY_GRACE@|$((GRACE > 20 ? GRACE - 20 : GRACE))|" \
                -e "s|@MPIRUN_ARGS@|${json_args//|/\\|}|" "$LAUNCH_DIR/k8s/mpijob.yaml")
 if [[ "$DRY_RUN" == 1 ]]; then
   printf '%s\n---\n# apply with:\nkubectl apply -f -\n' "$manifest"

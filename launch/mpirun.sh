@@ -40,4 +40,6 @@ cmd+=(-bind-to none -map-by slot -mca pml ob1 -mca btl ^openib
       -x NCCL_DEBUG=INFO -x LD_LIBRARY_PATH -x PATH -x "PYTHONPATH=$REPO_DIR")
 [[ -n "$NIC" ]] && cmd+=(-mca btl_tcp_if_include "$NIC" -mca oob_tcp_if_include "$NIC" -x "NCCL_SOCKET_IFNAME=$NIC")
 [[ $(id -u) -eq 0 ]] && cmd+=(--allow-run-as-root)
-run_or_print "${cmd[@]}" "${JOB[@]}"
+# TERM (a node drain, a pod's end, a scheduler) reaches the ranks as USR1 through mpirun, so
+# they checkpoint before mpirun's own TERM handling would kill them (launch/signal_relay.sh).
+run_or_print "$LAUNCH_DIR/signal_relay.sh" "${cmd[@]}" "${JOB[@]}"

@@ -49,7 +49,7 @@ def test_multinode_options():
 def test_mpirun_recommended_flags():
     words = command_line(launch("mpirun.sh", "-n", "16", "-H", "n1:8,n2:8", "--evaluate", "--data", "/d",
                                 "--workdir", "/w", "--dry-run").stdout)
-    assert words[:3] == ["mpirun", "-np", "16"]
+    assert words[0].endswith("launch/signal_relay.sh") and words[1:4] == ["mpirun", "-np", "16"]   # TERM -> USR1
     for flag in (["-bind-to", "none"], ["-map-by", "slot"], ["-x", "LD_LIBRARY_PATH"], ["-x", "PATH"]):
         assert any(words[i:i + 2] == flag for i in range(len(words))), flag
     assert words[words.index("-m") + 1] == "dcsp_dist.evaluate"
@@ -69,6 +69,9 @@ def test_k8s_manifest_is_an_mpijob_with_launcher_and_workers():
     assert "kind: MPIJob" in out and "Launcher:" in out and "Worker:" in out
     assert "replicas: 3" in out and "nvidia.com/gpu: 4" in out and '"-np", "12"' in out
     assert out.count("terminationGracePeriodSeconds: 300") == 2      # launcher and workers: time to checkpoint
+    assert 'command: ["launch/signal_relay.sh", "mpirun"]' in out    # mpirun gets TERM as USR1 for the ranks
+    assert 'command: ["launch/signal_relay.sh", "--worker", "/usr/sbin/sshd", "-De"]' in out
+    assert "DCSP_RELAY_GRACE, value: \"280\"" in out and "DCSP_K8S_JOB_UID" in out
     manifest = out.split("---")[0]
     assert "\"/data/my records\"" in manifest and "@" not in manifest.split("kind: MPIJob")[1]
 

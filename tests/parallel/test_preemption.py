@@ -80,3 +80,102 @@ def test_resumed_cue_stage_redoes_only_unfinished_shards(tiny_run, synth_records
     summary = json.load(open(run / "cues" / "cues.json"))
     original = json.load(open(tiny_run[0] / "cues" / "cues.json"))
     assert summary["confusion_matrix"] == original["confusion_matrix"]      # the same cues, the same figures
+
+
+def test_term_to_the_mpirun_wrapper_checkpoints_the_last_step_and_exits_75(synth_records, tmp_path):
+    """launch/mpirun.sh (as the k8s launcher runs mpirun): TERM to it becomes USR1 to the
+    ranks through mpirun, instead of mpirun's own TERM handling that kills them."""
+    workdir = tmp_path / "run"
+    cmd = [os.path.join(ROOT, "launch", "mpirun.sh"), "-n", "2", "--stage", "attention", "--config", "tiny_test",
+           "--data", str(synth_records), "--workdir", str(workdir), "--", *FLAGS[6:]]
+    env = dict(_env(), DCSP_TF_LOGS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out = _watch(proc, 10, lambda step: os.kill(proc.pid, signal.SIGTERM))
+    assert proc.returncode == 75, out[-3000:]
+    stops = re.findall(r"\[attention\] preempted at step (\d+)/40 \(SIGUSR1\); checkpoint (\S+);", out)
+    assert stops, out[-3000:]
+    step = int(stops[0][0])
+    assert step == max(int(s) for s in re.findall(r"\[attention\] step (\d+)/40", out))   # the last step
+    assert stops[0][1].endswith(f"ckpt-{step}") and os.path.exists(stops[0][1] + ".index")
+    assert json.load(open(workdir / "preempted.json"))["where"].startswith(f"attention step {step}")
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+
+def test_evaluate_and_predict_stop_on_a_signal_with_their_crf_workers_alive(tiny_run, synth_records, tmp_path):
+    """TERM to the whole process group (rank and CRF workers, as SLURM and terminals send it)
+    while the CRF pool runs: the workers ignore it, the rank stops between images, nothing is
+    written, the marker is left, exit 75; a relaunch redoes all of it."""
+    import time
+    workdir, _ = tiny_run
+    for module, extra in (("dcsp_dist.evaluate", ["--split", "val"]), ("dcsp_dist.predict", ["--split", "val"])):
+        out_dir, marker = tmp_path / module, tmp_path / f"{module}.preempted.json"
+        cmd = [sys.executable, "-m", module, "--checkpoint", str(workdir), "--data", str(synth_records), *extra,
+               "--out", str(out_dir), "--crf-workers", "1"]
+        env = dict(_env(), DCSP_PREEMPT_MARKER=str(marker))
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while not _children(proc.pid) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)          # the rank holds still while the pool is up
+        assert _children(proc.pid), "the CRF pool never started"
+        os.killpg(proc.pid, signal.SIGTERM)        # rank and workers alike
+        os.kill(proc.pid, signal.SIGCONT)
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 75, out[-3000:]
+        assert "BrokenProcessPool" not in out and "Traceback" not in out, out[-3000:]
+        assert "nothing written; relaunch the same command to redo all of it" in out
+        assert not out_dir.exists() and json.load(open(marker))["signal"] == "SIGTERM"
+        again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert (out_dir / ("results.json" if module.endswith("evaluate") else "predict.json")).exists()
+
+
+def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_path):
+    """Real ResNet-101 (voc_paper, random init, 97-pixel crops): TERM at a step, then two more
+    TERMs while rank 0 writes its 180 MB checkpoint. The second is ignored, the third (a hard
+    stop) waits for the write: the checkpoint is complete, the marker is there, exit 75, and
+    the relaunch resumes from exactly it."""
+    import threading
+    import time
+    workdir = tmp_path / "run"
+    flags = ["-m", "dcsp_dist.train", "--stage", "attention", "--config", "voc_paper", "--data", str(synth_records),
+             "--workdir", str(workdir), "--set", "init_weights=none", "--set", "crop_size=97", "--set",
+             "global_batch=1", "--set", "attention_steps=30", "--set", "checkpoint_every=1000", "--set", "log_every=1",
+             "--set", "image_summary_every=1000", "--set", "require_gpu=false"]
+    proc = subprocess.Popen([sys.executable, *flags], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ckpt_dir, sent = workdir / "attention" / "ckpt", []
+
+    def during_the_save():
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt_dir.is_dir() and any("_temp" in p.name for p in ckpt_dir.iterdir()):
+                for _ in range(2):
+                    os.kill(proc.pid, signal.SIGTERM)
+                    sent.append(time.time())
+                    time.sleep(0.3)
+                return
+            time.sleep(0.005)
+    watcher = threading.Thread(target=during_the_save, daemon=True)
+    out = _watch(proc, 2, lambda step: (os.kill(proc.pid, signal.SIGTERM), watcher.start()))
+    watcher.join(timeout=60)
+    assert len(sent) == 2, out[-3000:]
+    assert proc.returncode == 75, out[-3000:]
+    assert "signal SIGTERM again: already stopping at a safe point" in out
+    assert "stopping once the write in progress is complete" in out and "stopping now" in out
+    step = int(re.search(r"checkpoint (\d+) written; stopping now", out).group(1))
+    from dcsp_dist import checkpoints
+    assert checkpoints.problem(str(ckpt_dir / f"ckpt-{step}")) is None                 # complete, reads back
+    assert json.load(open(workdir / "preempted.json"))["where"].startswith(f"attention step {step}")
+    resumed = subprocess.run([sys.executable, *flags], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0 and f"resuming from {ckpt_dir}/ckpt-{step}" in resumed.stdout, resumed.stdout[-2000:]

@@ -91,3 +91,25 @@ print(json.dumps({{"names": names, "dcsp_dist_imported": any(m.startswith("dcsp_
     # an existing --out is refused, nothing replaced
     again = run_python("-m", "dcsp_dist.export", "--checkpoint", str(workdir), "--out", str(exported), check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_predict_images_reads_photos_as_people_have_them(tiny_run, tmp_path):
+    """The image corpus (EXIF-rotated, 16-bit, CMYK, grey, palette with alpha, non-ASCII
+    names; truncated, empty, over the bomb limit) over 2 ranks: a mask per good image, upright,
+    each bad one named once, the rest done."""
+    from tests import image_corpus
+    workdir, _ = tiny_run
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    expected = image_corpus.write(folder)
+    out = tmp_path / "masks"
+    proc = run_ranks(2, "-m", "dcsp_dist.predict", "--checkpoint", str(workdir), "--images", str(folder),
+                     "--out", str(out), "--no-crf")
+    for name, want in expected.items():
+        mask = np.asarray(Image.open(out / (os.path.splitext(name)[0] + ".png")))
+        assert mask.shape == want.shape[:2], name
+    record = json.load(open(out / "predict.json"))
+    assert record["num_images"] == len(expected)
+    for name, reason in image_corpus.BAD.items():
+        assert sum(f"{name}: {reason}" in line for line in record["unreadable"]) == 1, name
+        assert sum(f"{name}: {reason}" in line for line in (proc.stdout + proc.stderr).splitlines()) == 1, name

@@ -178,9 +178,15 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
         assert _job_state(env, job)[0] in ("PENDING", "RUNNING", "CONFIGURING"), text[-3000:]
         time.sleep(0.2)
     signalled = time.time()
-    _run(["scancel", "--batch", "--signal=USR1", job], env=env)
+    # TERM to the batch shell alone, as #SBATCH --signal=B:TERM@N delivers it: the script must pass it on as USR1
+    # (srun answers TERM by killing the tasks). USR1 from --signal=B:USR1 takes the same path.
+    _run(["scancel", "--batch", "--signal=TERM", job], env=env)
     _wait(env, job, lambda state, restarts: restarts >= 1 or state in ("COMPLETED", "FAILED", "CANCELLED"))
     requeued = time.time()
+    # As if rank 0 had been killed on another node and left its lock: the requeued run of the same job takes it over.
+    (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
+                                               "token": "from-before-the-requeue", "slurm_job_id": job,
+                                               "slurm_restart": 0}))
 
     # SLURM holds a requeued job for about two minutes (Reason=BeginTime) before it starts it again. The test
     # keeps the hold: releasing the job early raced SLURM's own clean-up of the old step, which has the same
@@ -189,7 +195,8 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
                                   and restarts >= 1)
     text = out.read_text()
     assert state == "COMPLETED" and restarts >= 1, info + text[-4000:] + _slurmd_log(env)
-    assert "requeueing job" in text and "forwarding it to the tasks" in text
+    assert "requeueing job" in text and "got SIGTERM; passing it to the tasks as USR1" in text
+    assert f"took over the stale lock of host node-elsewhere pid 1 (left by SLURM job {job} before its requeue" in text
     # Every preemption (ours; and any SLURM adds, e.g. a node briefly unresponsive under load) checkpoints at its
     # step, requeues, and the next run resumes from exactly that checkpoint.
     stops = re.findall(r"\[(\w+)\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
@@ -216,3 +223,11 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_rec
               "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_local"))
     slurm_matrix = json.load(open(tmp_path / "eval_slurm" / "results.json"))["confusion_matrix"]
     assert slurm_matrix == json.load(open(tmp_path / "eval_local" / "results.json"))["confusion_matrix"]
+
+    # srun exits 0 when its tasks never trained (here: an interpreter that does nothing): not COMPLETED
+    none_out = tmp_path / "none.out"
+    job = _sbatch(env, none_out, "--python", "/bin/true", "--stage", "attention", "--config", "tiny_test",
+                  "--data", str(synth_records), "--workdir", str(tmp_path / "never_trained"))
+    state, _, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
+    assert state == "FAILED", info + none_out.read_text()[-3000:]
+    assert "srun exited 0 but " in none_out.read_text() and "attention/done.json is missing" in none_out.read_text()
