@@ -141,9 +141,11 @@ def test_evaluate_and_predict_stop_on_a_signal_with_their_crf_workers_alive(tiny
 
 def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_path):
     """Real ResNet-101 (voc_paper, random init, 97-pixel crops): TERM at a step, then two more
-    TERMs while rank 0 writes its 180 MB checkpoint. The second is ignored, the third (a hard
-    stop) waits for the write: the checkpoint is complete, the marker is there, exit 75, and
-    the relaunch resumes from exactly it."""
+    TERMs 50 ms apart while rank 0 writes its 180 MB checkpoint (its files appear about 0.4 s
+    before the write ends here). A signal's Python handler cannot run while TensorFlow's C++
+    writes, and when it runs the job is inside its critical write or past it: the
+    checkpoint is complete, the marker is there, exit 75, and the relaunch resumes from
+    exactly it. (That a hard stop waits for a critical write: tests/test_preemption_signals.py.)"""
     import threading
     import time
     workdir = tmp_path / "run"
@@ -159,10 +161,10 @@ def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_p
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if ckpt_dir.is_dir() and any("_temp" in p.name for p in ckpt_dir.iterdir()):
-                for _ in range(2):
+                for _ in range(2):         # the write's visible part lasts about 0.4 s on this CPU
                     os.kill(proc.pid, signal.SIGTERM)
                     sent.append(time.time())
-                    time.sleep(0.3)
+                    time.sleep(0.05)
                 return
             time.sleep(0.005)
     watcher = threading.Thread(target=during_the_save, daemon=True)
@@ -171,8 +173,7 @@ def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_p
     assert len(sent) == 2, out[-3000:]
     assert proc.returncode == 75, out[-3000:]
     assert "signal SIGTERM again: already stopping at a safe point" in out
-    assert "stopping once the write in progress is complete" in out and "stopping now" in out
-    step = int(re.search(r"checkpoint (\d+) written; stopping now", out).group(1))
+    step = int(re.search(r"\[attention\] preempted at step (\d+)/30", out).group(1))
     from dcsp_dist import checkpoints
     assert checkpoints.problem(str(ckpt_dir / f"ckpt-{step}")) is None                 # complete, reads back
     assert json.load(open(workdir / "preempted.json"))["where"].startswith(f"attention step {step}")
