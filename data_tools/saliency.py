@@ -33,6 +33,7 @@ import functools
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -288,7 +289,7 @@ def main(argv=None) -> int:
               end="", file=sys.stderr, flush=True)
         return 2
     mine = place.share(jobs)
-    tag = f"rank {place.rank} of {place.size}: " if place.size > 1 else ""
+    tag = f"rank {place.rank} of {place.size} on {socket.gethostname()}: " if place.size > 1 else ""
     start = time.perf_counter()
     bar = dict(total=len(mine), desc=f"saliency {tag}".strip(), unit="img", disable=place.rank != 0)
     try:

@@ -202,7 +202,7 @@ def _digests(output):
     return found
 
 
-def test_two_hosts_gloo_then_mpi(two_hosts, synth_records, tmp_path):
+def test_two_hosts_gloo_then_mpi(two_hosts, synth_voc, synth_records, tmp_path):
     workdir = tmp_path / "run"
     out = _launch(two_hosts, "multinode.sh", "-H", "hostA:1,hostB:1", "--network-interface", NIC,
                   "--ssh-port", str(PORT), "--ssh-identity", str(two_hosts.key),
@@ -224,6 +224,26 @@ def test_two_hosts_gloo_then_mpi(two_hosts, synth_records, tmp_path):
     one = json.loads((tmp_path / "one_rank" / "results.json").read_text())
     assert two["ranks"] == 2 and one["ranks"] == 1
     np.testing.assert_array_equal(np.array(two["confusion_matrix"]), np.array(one["confusion_matrix"]))
+
+    # saliency over the two hosts: every map written once, by the rank whose share it is; a rerun writes none
+    photos, maps = tmp_path / "photos", tmp_path / "maps"
+    photos.mkdir()
+    for name in sorted(os.listdir(synth_voc / "JPEGImages"))[:7]:
+        shutil.copy(synth_voc / "JPEGImages" / name, photos / name)
+    wanted = sorted(os.path.splitext(n)[0] + ".png" for n in os.listdir(photos))
+    for attempt in ("first", "rerun"):
+        out = _launch(two_hosts, "multinode.sh", "-H", "hostA:1,hostB:1", "--network-interface", NIC,
+                      "--ssh-port", str(PORT), "--ssh-identity", str(two_hosts.key), "--saliency", "--",
+                      "--images", str(photos), "--out-dir", str(maps), "--detector", "frequency-tuned")
+        lines = re.findall(r"\[saliency\] rank (\d) of 2 on (host[AB]): wrote (\d+), kept (\d+)", out)
+        assert sorted((r, h) for r, h, _, _ in lines) == [("0", "hostA"), ("1", "hostB")], out[-3000:]
+        wrote = {r: int(w) for r, _, w, _ in lines}
+        kept = {r: int(k) for r, _, _, k in lines}
+        if attempt == "first":
+            assert wrote == {"0": 4, "1": 3} and sum(wrote.values()) == len(wanted)     # each map once
+        else:
+            assert wrote == {"0": 0, "1": 0} and kept == {"0": 4, "1": 3}
+    assert sorted(n for n in os.listdir(maps) if n.endswith(".png")) == wanted
 
     mpi_workdir = tmp_path / "mpi"
     out = _launch(two_hosts, "mpirun.sh", "-n", "2", "-H", "hostA:1,hostB:1", "--network-interface", NIC,
