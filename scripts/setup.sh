@@ -98,7 +98,10 @@ reqs="$ROOT/requirements.txt"
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 if [[ "$GPU" == 1 ]]; then
   reqs="$work/requirements-gpu.txt"
-  sed "s/^tensorflow-cpu==/${DCSP_TF_PACKAGE:-tensorflow[and-cuda]}==/" "$ROOT/requirements.txt" > "$reqs"
+  # GPU: TensorFlow with CUDA, and onnxruntime's CUDA build for saliency networks (each rank
+  # on its local GPU, data_tools/onnx_saliency.py).
+  sed -e "s/^tensorflow-cpu==/${DCSP_TF_PACKAGE:-tensorflow[and-cuda]}==/" \
+      -e "s/^onnxruntime>=/onnxruntime-gpu>=/" "$ROOT/requirements.txt" > "$reqs"
 fi
 log "installing Python requirements"
 "${UV[@]}" -r "$reqs" || die "installing requirements.txt failed"
