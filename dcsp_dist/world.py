@@ -82,7 +82,7 @@ class FixedWorld:
 
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
         """Rank 0 takes the run directory's lock and compares the settings with the run's
-        (``workdir.RunLock``, ``workdir.check_config_unchanged``); a refusal is every rank's.
+        (``runlock.RunLock``, ``config.check_config_unchanged``); a refusal is every rank's.
         Returns the lock (release it at the end) or None on other ranks."""
         lock = runlock.RunLock(workdir) if self.context.is_chief else None
         warn = distributed.log

@@ -43,3 +43,14 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(saved, tmp_path, damage):
         checkpoints.restore_model(build_model(cfg), copy, "the attention stage's checkpoint")
     message = str(err.value)
     assert message.startswith(f"the attention stage's checkpoint {copy} is unreadable") and "\n" not in message
+
+
+def test_evaluate_needs_out_for_a_prefix_outside_a_run(tmp_path):
+    from dcsp_dist.evaluate import default_out
+    run = tmp_path / "run"
+    (run / "segmentation" / "ckpt").mkdir(parents=True)
+    assert default_out(str(run / "segmentation" / "ckpt" / "ckpt-9"), "val") == str(run / "eval_val")
+    assert default_out(str(run), "val") == str(run / "eval_val")
+    for prefix in ("/ckpt-9", str(tmp_path / "loose" / "ckpt-9"), str(tmp_path / "a" / "ckpt" / "ckpt-9")):
+        with pytest.raises(ValueError, match="is not inside a run directory .*give --out"):
+            default_out(prefix, "val")

@@ -126,3 +126,32 @@ def test_cli_writes_maps_with_an_onnx_model(tmp_path):
     sal = np.asarray(Image.open(out / "shop.png")) / 255.0
     det = onnx_saliency.OnnxDetector(str(tmp_path / "m.onnx"))
     np.testing.assert_allclose(sal, saliency.hierarchical_saliency(img, det), atol=1 / 255 + 1e-6)
+
+
+def test_models_that_do_not_fit_are_one_line_at_load(tmp_path, capsys):
+    """A fixed batch of 2, and a fixed 256x256 model under the u2net preset (320): each is
+    said once when the model loads, before any image; an output that is not one map too."""
+    batch2 = _model(tmp_path / "b2.onnx", input_shape=[2, 3, 32, 48])
+    with pytest.raises(onnx_saliency.OnnxError, match="fixed batch of 2; saliency runs one image at a time"):
+        onnx_saliency.OnnxDetector(batch2)
+    notes = []
+    fixed = onnx_saliency.OnnxDetector(_model(tmp_path / "f.onnx", height=256, width=256),
+                                       onnx_saliency.convention_from("u2net"), warn=notes.append)
+    assert fixed.input_size == (256, 256) and len(notes) == 1 and "takes 256x256 (fixed in the model)" in notes[0]
+    with pytest.raises(onnx_saliency.OnnxError, match="--input-size 320x320, but the model's input 'x' is fixed"):
+        onnx_saliency.OnnxDetector(str(tmp_path / "f.onnx"), onnx_saliency.convention_from("u2net", size="320x320"),
+                                   explicit_size=True)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 48])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 48])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "rgb", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(tmp_path / "rgb.onnx"))
+    with pytest.raises(onnx_saliency.OnnxError, match=r"output 'y' is \[1, 3, 32, 48\], expected one map"):
+        onnx_saliency.OnnxDetector(str(tmp_path / "rgb.onnx"))
+    # through the command line: one line, before any image, no map written
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_image()).save(photos / "a.png")
+    assert saliency.main(["--images", str(photos), "--out-dir", str(tmp_path / "s"), "--model", batch2]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixed batch of 2" in err[0] and not list((tmp_path / "s").glob("*.png"))

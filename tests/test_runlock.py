@@ -90,3 +90,18 @@ def test_the_heartbeat_survives_transient_errors_and_notices_a_theft(tmp_path, m
     assert lock.lost and any("taken from this job" in w for w in warnings)
     lock.release()
     assert json.loads((tmp_path / ".lock").read_text())["token"] == "t-thief"  # not ours to remove
+
+
+def test_the_lock_is_released_when_recording_changed_settings_fails(tmp_path):
+    """A full disk (here: config_changes.json cannot be written) while a resume records its
+    changed settings: one OSError, and the run lock is not left behind."""
+    from dcsp_dist import config, distributed
+    from dcsp_dist.world import FixedWorld
+    ctx = distributed.init()
+    cfg = config.make_config("tiny_test")
+    (tmp_path / "attention").mkdir()
+    (tmp_path / "attention" / "config.json").write_text(cfg.replace(attention_steps=99).to_json())
+    (tmp_path / "config_changes.json").mkdir()                 # writing it fails with an OSError
+    with pytest.raises(OSError, match="config_changes.json"):
+        FixedWorld(ctx).hold_run(str(tmp_path), cfg.flat(), allow_changed=True)
+    assert not (tmp_path / ".lock").exists()
