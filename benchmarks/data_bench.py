@@ -74,7 +74,7 @@ def main():
         sal = tf.numpy_function(load_npz, [npz], tf.uint8)
         sal.set_shape([None, None])
         ex = {"id": jpg, "image": image, "tags": tf.zeros([20]), "saliency": sal}
-        return data.augment(ex, cfg, tf.stack([tf.constant(0, tf.int64), index]), maps=("saliency",))
+        return data.augment(ex, cfg.input, tf.stack([tf.constant(0, tf.int64), index]), maps=("saliency",))
 
     files = tf.data.Dataset.from_tensor_slices(([p[0] for p in paths], [p[1] for p in paths]))
     loader = (files.shuffle(len(paths)).repeat().enumerate()

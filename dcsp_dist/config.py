@@ -21,10 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import json
 import os
-import pkgutil
 import typing
 from typing import Any
 
@@ -348,19 +346,10 @@ def flatten(values: dict) -> dict:
     return out
 
 
-def _presets() -> dict:
-    from dcsp_dist import configs
-    return {m.name: m.name for m in pkgutil.iter_modules(configs.__path__)}
-
-
-PRESETS = _presets()
-
-
 def preset(name: str) -> Config:
-    """The preset ``name`` (``dcsp_dist/configs/<name>.py``)."""
-    if name not in PRESETS:
-        raise ValueError(f"--config: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return importlib.import_module(f"dcsp_dist.configs.{name}").get_config()
+    """The preset ``name`` (``dcsp_dist/configs/<name>.py``, found by ``dcsp_dist.configs``)."""
+    from dcsp_dist import configs
+    return configs.get(name)
 
 
 def _coerce(field: dataclasses.Field, value: Any) -> Any:

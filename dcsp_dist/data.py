@@ -69,32 +69,32 @@ def network_input(crops, valid) -> tf.Tensor:
 
 
 # ----------------------------------------------------------------------------- augment
-def crop_geometry(shape, u, cfg):
+def crop_geometry(shape, u, inp):
     """Where a training crop comes from, in the source image's own pixels.
 
-    Spec 1 scales the image by s ~ U[min_scale, max_scale), flips, pads to at least
+    docs/method.md §1 scales the image by s ~ U[min_scale, max_scale), flips, pads to at least
     crop x crop and takes a random crop. The same crop is cut here straight from the
     source: per axis a window of round(crop / s) pixels at a uniform offset, resized to
     crop; or, where the scaled axis is shorter than the crop, the whole axis resized to
     round(size * s) and padded. Nothing outside the crop is decoded or interpolated.
 
     Args: shape int32 [2] (height, width); u float32 [4] uniforms in [0, 1) (scale, flip,
-      y, x); cfg.
+      y, x); inp: the config's ``input`` section.
     Returns (offset [2], window [2], out [2], flip []) tensors.
     """
-    crop = cfg.input.crop_size
+    crop = inp.crop_size
     shape = tf.cast(shape, tf.int32)
-    if not cfg.input.augment:
+    if not inp.augment:
         window = tf.minimum(shape, crop)
         return tf.zeros([2], tf.int32), window, window, tf.constant(False)
-    scale = cfg.input.min_scale + u[0] * (cfg.input.max_scale - cfg.input.min_scale)
+    scale = inp.min_scale + u[0] * (inp.max_scale - inp.min_scale)
     window = tf.cast(tf.round(crop / scale), tf.int32)
     inside = window < shape                          # the crop lies inside the scaled image
     scaled = tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32)
     offset = tf.cast(u[2:] * tf.cast(shape - window + 1, tf.float32), tf.int32)
     offset = tf.where(inside, tf.minimum(offset, shape - window), 0)
     out = tf.where(inside, crop, tf.clip_by_value(scaled, 1, crop))
-    flip = tf.logical_and(tf.constant(cfg.input.flip), u[1] < 0.5)
+    flip = tf.logical_and(tf.constant(inp.flip), u[1] < 0.5)
     return offset, tf.where(inside, window, shape), out, flip
 
 
@@ -139,13 +139,13 @@ def _resize_flip_pad(image, maps, out, flip, crop, pad_values):
     return out_image, out_maps
 
 
-def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
-    """Random scale, flip, pad and crop to cfg.input.crop_size, identical for image and maps.
+def augment(example: dict, inp, seed, maps=("cue",)) -> dict:
+    """Random scale, flip, pad and crop to inp.crop_size, identical for image and maps.
 
     Args:
       example: output of ``decode`` (+ "cue"): full-size uint8 tensors, the image either
         decoded ("image") or still encoded ("jpeg"; then only the crop's window is decoded).
-      cfg: a Config (crop_size, min_scale, max_scale, flip, augment).
+      inp: the config's ``input`` section (crop_size, min_scale, max_scale, flip, augment).
       seed: int [2] stateless seed; different per rank and per example.
       maps: per-pixel map keys to carry along (those present in ``example``).
     Returns a dict with image [crop, crop, 3] uint8 RGB (``network_input`` turns a batch of
@@ -153,11 +153,11 @@ def augment(example: dict, cfg, seed, maps=("cue",)) -> dict:
     rest is padding), each map [crop, crop] uint8 padded with its PAD_VALUES entry, tags, id.
     """
     maps = [k for k in maps if k in example]
-    crop = cfg.input.crop_size
+    crop = inp.crop_size
     u = tf.random.stateless_uniform([4], seed)
     decoded = "image" in example
     shape = tf.shape(example["image"])[:2] if decoded else tf.io.extract_jpeg_shape(example["jpeg"])[:2]
-    offset, window, out, flip = crop_geometry(shape, u, cfg)
+    offset, window, out, flip = crop_geometry(shape, u, inp)
     if decoded:
         image = tf.slice(example["image"], tf.concat([offset, [0]], 0), tf.concat([window, [3]], 0))
     else:
@@ -243,7 +243,7 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
             example["cue"] = cue["cue"]
         else:
             example = decode(element, has_saliency=False, has_mask=has_mask, decode_image=False, num_tags=tags)
-        out = augment(example, cfg, tf.stack([tf.cast(seed, tf.int64), index]), maps=("cue",))
+        out = augment(example, cfg.input, tf.stack([tf.cast(seed, tf.int64), index]), maps=("cue",))
         return out
 
     ds = ds.enumerate().map(parse, num_parallel_calls=AUTOTUNE, deterministic=ordered)

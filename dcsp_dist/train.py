@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from dcsp_dist import atomic, preemption
+from dcsp_dist import atomic, configs, preemption
 from dcsp_dist import config as config_lib
 from dcsp_dist import stages as stage_table
 from dcsp_dist import workdir as layout
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", required=True, choices=("all",) + stage_table.SCHEDULE)
-    parser.add_argument("--config", default="voc_paper", help=f"preset: {', '.join(config_lib.PRESETS)}")
+    parser.add_argument("--config", default="voc_paper", help=f"preset: {', '.join(configs.names())}")
     parser.add_argument("--config-file", help="JSON file of settings overriding the preset")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override one setting by its dotted or flat name: crf.iterations=5, attention_steps=300 "

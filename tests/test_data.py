@@ -182,11 +182,11 @@ def test_augment_keeps_image_and_maps_aligned():
     cfg = config.make_config("tiny_test", {"crop_size": "80", "min_scale": "0.7", "max_scale": "1.4"})
     padded = flipped = 0
     for i in range(12):
-        out = data.augment(example, cfg, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
+        out = data.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
         rgb = out["image"].numpy().astype(np.float64)
         cue = out["cue"].numpy()
         np.testing.assert_array_equal(cue, out["mask"].numpy())
-        alone = data.augment(example, cfg, tf.constant([7, i], tf.int64), maps=("cue",))  # one map
+        alone = data.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue",))  # one map
         np.testing.assert_array_equal(cue, alone["cue"].numpy())
         inside = cue != 255
         # Where the label is known, the pixel's colour is that label's colour (away from
@@ -214,7 +214,7 @@ def test_crop_geometry_matches_the_spec_scales():
     rng = np.random.default_rng(0)
     scales = []
     for u in rng.random((500, 4)).astype(np.float32):
-        offset, window, out, _ = (t.numpy() for t in data.crop_geometry(tf.constant([375, 500]), u, cfg))
+        offset, window, out, _ = (t.numpy() for t in data.crop_geometry(tf.constant([375, 500]), u, cfg.input))
         s = 0.5 + u[0]
         for size, off, win, o in zip((375, 500), offset, window, out):
             assert 0 <= off <= size - win
@@ -225,7 +225,7 @@ def test_crop_geometry_matches_the_spec_scales():
         scales.append(out[1] / window[1])
     assert abs(np.mean(scales) - 1.0) < 0.03 and min(scales) < 0.52 and max(scales) > 1.48
     off = config.make_config("voc_paper", {"augment": "false"})
-    offset, window, out, flip = data.crop_geometry(tf.constant([375, 500]), tf.fill([4], 0.9), off)
+    offset, window, out, flip = data.crop_geometry(tf.constant([375, 500]), tf.fill([4], 0.9), off.input)
     assert list(offset.numpy()) == [0, 0] and list(window.numpy()) == list(out.numpy()) == [321, 321]
     assert not flip.numpy()
 
@@ -237,8 +237,8 @@ def test_crop_decode_equals_full_decode(synth_records):
     cfg = config.make_config("tiny_test", {"crop_size": "48", "min_scale": "0.6", "max_scale": "1.5"})
     for i, s in enumerate(tf.data.TFRecordDataset(files[:1]).take(6)):
         seed = tf.constant([3, i], tf.int64)
-        full = data.augment(data.decode(s, True, False, num_tags=20), cfg, seed, maps=("saliency",))
-        lazy = data.augment(data.decode(s, True, False, decode_image=False, num_tags=20), cfg, seed, maps=("saliency",))
+        full = data.augment(data.decode(s, True, False, num_tags=20), cfg.input, seed, maps=("saliency",))
+        lazy = data.augment(data.decode(s, True, False, decode_image=False, num_tags=20), cfg.input, seed, maps=("saliency",))
         np.testing.assert_array_equal(full["valid"].numpy(), lazy["valid"].numpy())
         np.testing.assert_array_equal(full["saliency"].numpy(), lazy["saliency"].numpy())
         # libjpeg upsamples chroma without the neighbours outside the window, so the
@@ -253,9 +253,10 @@ def test_eager_and_tf_data_agree(synth_records):
     files = records.shard_files(str(synth_records), manifest)
     serialized = list(tf.data.TFRecordDataset(files[:1]).take(3))
     seed = tf.constant([5, 1], tf.int64)
-    eager = [data.augment(data.decode(s, True, True, num_tags=20), CFG, seed, maps=("saliency", "mask")) for s in serialized]
+    eager = [data.augment(data.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask"))
+             for s in serialized]
     pipeline = tf.data.Dataset.from_tensor_slices(tf.stack(serialized)).map(
-        lambda s: data.augment(data.decode(s, True, True, num_tags=20), CFG, seed, maps=("saliency", "mask")))
+        lambda s: data.augment(data.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask")))
     for a, b in zip(eager, pipeline):
         for key in ("image", "saliency", "mask", "tags"):
             np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4)

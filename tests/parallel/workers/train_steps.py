@@ -30,7 +30,7 @@ manifest = records.read_manifest(args.data, "train")
 examples = []
 for ex in data.make_inference_dataset(args.data, "train", files=records.shard_files(args.data, manifest)):
     ex["cue"] = ex["mask"]
-    examples.append(data.augment(ex, cfg, tf.constant([0, 0], tf.int64), maps=("cue",)))
+    examples.append(data.augment(ex, cfg.input, tf.constant([0, 0], tf.int64), maps=("cue",)))
     if len(examples) == args.global_batch * args.steps:
         break
 per_rank = cfg.per_rank_batch(ctx.size)
