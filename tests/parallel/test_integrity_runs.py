@@ -173,11 +173,10 @@ def test_empty_done_json_is_one_line_naming_it(tiny_run, synth_records, tmp_path
     assert not [line for line in proc.stderr.splitlines() if line.startswith("[") and "Traceback" in line]
 
 
-def test_device_line_and_require_gpu_refusal(synth_records, tmp_path):
-    proc = _attention(synth_records, tmp_path, "--set", "attention_steps=1")
+def test_device_line_and_require_gpu_refusal(tiny_run, synth_records, tmp_path):
     import socket
     host = socket.gethostname()
-    assert f"rank 0 on {host}: CPU only" in proc.stdout and f"rank 1 on {host}: CPU only" in proc.stdout
+    assert f"rank 0 on {host}: CPU only" in tiny_run[1] and f"rank 1 on {host}: CPU only" in tiny_run[1]
     proc = _attention(synth_records, tmp_path / "gpu", "--set", "require_gpu=true", check=False)
     errors = _errors(proc)
     assert proc.returncode == 1 and len(errors) == 2, errors

@@ -21,7 +21,9 @@ import pytest
 
 from tests.hvd import ROOT, run_ranks
 
-STEPS = 60
+STEPS = 300
+RESNET_STEPS = 60    # still training when the tiny jobs have started and been preempted (about 20 steps in)
+GPUS = 6            # stand-in GPUs (and CPUs, config_overrides): three 2-task jobs at once
 FLAGS = ["--set", f"attention_steps={STEPS}", "--set", "checkpoint_every=1000", "--set", "log_every=1",
          "--set", "image_summary_every=1000", "--set", "require_gpu=false"]
 
@@ -70,7 +72,7 @@ def _write_conf(base, host: str):
     for d in ("spool", "state", "log"):
         (base / d).mkdir()
     gres = []
-    for i in range(2):
+    for i in range(GPUS):
         dev = base / f"fakegpu{i}"
         subprocess.run(["mknod", str(dev), "c", "1", "3"], check=True)
         gres.append(f"Name=gpu File={dev}")
@@ -79,6 +81,7 @@ def _write_conf(base, host: str):
     conf.write_text(f"""ClusterName=dcsptest
 SlurmctldHost={host}
 AuthType=auth/munge
+AuthInfo=cred_expire=30
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SlurmctldPort=6817
@@ -96,8 +99,12 @@ ReturnToService=2
 MpiDefault=none
 SlurmUser=root
 GresTypes=gpu
-NodeName={host} CPUs=2 Gres=gpu:2 State=UNKNOWN
-PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+SlurmdParameters=config_overrides
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+NodeName={host} CPUs={GPUS} Gres=gpu:{GPUS} State=UNKNOWN
+PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=2
+PartitionName=low Nodes={host} MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=60
 """)
     return conf
 
@@ -133,9 +140,9 @@ def _job_state(env, job):
     return (state.group(1) if state else "GONE"), (int(restarts.group(1)) if restarts else 0), out
 
 
-def _sbatch(env, out_file, *args):
-    proc = _run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2",
-                 "--cpus-per-task=1", "--open-mode=append", f"--output={out_file}",
+def _sbatch(env, out_file, *args, partition="main"):
+    proc = _run(["sbatch", "--parsable", f"--partition={partition}", "--nodes=1", "--gpus-per-node=2",
+                 "--ntasks-per-node=2", "--cpus-per-task=1", "--open-mode=append", f"--output={out_file}",
                  f"--export=ALL,DCSP_HOME={ROOT}", "launch/slurm.sbatch", *args], env=env, cwd=ROOT)
     return proc.stdout.strip().split(";")[0]
 
@@ -150,6 +157,10 @@ def _wait(env, job, until, timeout=900):
     raise AssertionError(f"job {job} did not get there: {text}")
 
 
+def _ended(state, restarts):
+    return state in ("COMPLETED", "FAILED", "CANCELLED")
+
+
 def _slurmd_log(env) -> str:
     log = os.path.join(os.path.dirname(env["SLURM_CONF"]), "log", "d.log")
     return "\n--- slurmd log ---\n" + (open(log).read()[-3000:] if os.path.exists(log) else "(none)")
@@ -160,58 +171,138 @@ def _steps(path):
     return [int(s) for s in re.findall(r"\[attention\] step (\d+)/", text)], text
 
 
-def test_preempted_job_requeues_and_resumes_to_the_same_weights(slurm, synth_records, tmp_path):
+def _wait_for_step(env, jobs, step, timeout=600):
+    """Until every job's log shows an attention step >= ``step``."""
+    deadline, text = time.time() + timeout, ""
+    while time.time() < deadline:
+        behind = []
+        for job, out in jobs:
+            steps, text = _steps(out)
+            assert _job_state(env, job)[0] in ("PENDING", "RUNNING", "CONFIGURING"), text[-3000:] + _slurmd_log(env)
+            if not steps or max(steps) < step:
+                behind.append(job)
+        if not behind:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"jobs {behind} never reached step {step}: {text[-3000:]}")
+
+
+def _exit_seconds(env, signalled, timeout=300):
+    """Seconds from each job's signal until its tasks have exited ("exited with exit code"
+    in its log) and until it left RUNNING (requeued, or ended): {name: (exit, left)}."""
+    deadline, found = time.time() + timeout, {}
+    while len(found) < 2 * len(signalled) and time.time() < deadline:
+        for name, (job, out, t0) in signalled.items():
+            if (name, "exit") not in found and re.search(r"srun: error: \S+: tasks? [\d-]+: (Exited|Terminated|Killed)",
+                                                        out.read_text() if out.exists() else ""):
+                found[name, "exit"] = time.time() - t0
+            state, restarts, _ = _job_state(env, job)
+            if (name, "left") not in found and (restarts >= 1 or state not in ("RUNNING", "CONFIGURING")):
+                found[name, "left"] = time.time() - t0
+        time.sleep(0.2)
+    return {name: (found.get((name, "exit"), float("nan")), found.get((name, "left"), float("nan")))
+            for name in signalled}
+
+
+def _stops_and_resumes(text, workdir):
+    """Every preemption checkpoints at its step and the next run resumes from exactly it."""
+    stops = re.findall(r"\[(\w+)\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
+    assert stops and stops[0][0] == "attention", text[-4000:]
+    for stage, step, _, checkpoint in stops:
+        assert checkpoint == f"{workdir}/{stage}/ckpt/ckpt-{step}"
+        assert f"[{stage}] resuming from {checkpoint}" in text, text[-4000:]
+    return stops
+
+
+def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, tmp_path):
+    """Three jobs at once on the one node, each preempted its own way:
+
+    - A (tiny, --stage all): TERM to the batch shell alone (#SBATCH --signal=B:TERM), which the
+      script passes on as USR1; a lock left "on another node" by the same job is taken over;
+    - B (tiny, attention, partition "low"): partition preemption (PreemptMode=REQUEUE,
+      GraceTime=60) by a job in the higher partition that needs its GPUs;
+    - R (real ResNet-101, voc_paper with init_weights=none, 97-pixel crops, one image per rank;
+      a 180 MB checkpoint): `scancel --signal=TERM`, TERM to every task of the job.
+    Each checkpoints at its step, exits 75, is requeued and resumes from exactly that
+    checkpoint; the tiny ones end with the weights of an uninterrupted run."""
     env = slurm
     reference = tmp_path / "reference"
     run_ranks(2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test", "--data", str(synth_records),
               "--workdir", str(reference), *FLAGS)
 
-    workdir, out = tmp_path / "slurm_run", tmp_path / "job.out"
     start = time.time()
+    resnet_dir, resnet_out = tmp_path / "resnet", tmp_path / "resnet.out"
+    resnet = _sbatch(env, resnet_out, "--stage", "attention", "--config", "voc_paper", "--data", str(synth_records),
+                     "--workdir", str(resnet_dir), "--", "--set", "init_weights=none", "--set", "crop_size=97",
+                     "--set", "global_batch=2", "--set", f"attention_steps={RESNET_STEPS}", *FLAGS[2:])
+    _wait_for_step(env, [(resnet, resnet_out)], 1)       # its start-up is the longest: the others start after it
+    workdir, out = tmp_path / "slurm_run", tmp_path / "job.out"
     job = _sbatch(env, out, "--stage", "all", "--config", "tiny_test", "--data", str(synth_records),
                   "--workdir", str(workdir), "--", *FLAGS)
-    deadline, text = time.time() + 600, ""
-    while time.time() < deadline:
-        steps, text = _steps(out)
-        if steps and max(steps) >= 10:
-            break
-        assert _job_state(env, job)[0] in ("PENDING", "RUNNING", "CONFIGURING"), text[-3000:]
+    low_dir, low_out = tmp_path / "low", tmp_path / "low.out"
+    low = _sbatch(env, low_out, "--stage", "attention", "--config", "tiny_test", "--data", str(synth_records),
+                  "--workdir", str(low_dir), "--", *FLAGS, partition="low")
+    # B first, at its step 10, while every GPU is held (A's and R's jobs hold theirs from their start): the higher
+    # partition's job can only get B's. R right after, then A at its own step 10: each still training when signalled.
+    _wait_for_step(env, [(low, low_out)], 10)
+    low_start = time.time()
+    _run(["sbatch", "--parsable", "--partition=main", "--nodes=1", "--gpus-per-node=2", "--ntasks=1",
+          f"--output={tmp_path / 'preemptor.out'}", "--wrap", "sleep 2"], env=env)
+    deadline = time.time() + 60
+    while "CANCELLED AT" not in low_out.read_text() and time.time() < deadline:
         time.sleep(0.2)
-    signalled = time.time()
+    resnet_steps, _ = _steps(resnet_out)
+    assert max(resnet_steps) < RESNET_STEPS - 5, f"the ResNet-101 job got too far before its signal: {resnet_steps[-1:]}"
+    resnet_start = time.time()
+    _run(["scancel", "--signal=TERM", resnet], env=env)           # TERM to every task of the job
     # TERM to the batch shell alone, as #SBATCH --signal=B:TERM@N delivers it: the script must pass it on as USR1
     # (srun answers TERM by killing the tasks). USR1 from --signal=B:USR1 takes the same path.
+    _wait_for_step(env, [(job, out)], 10)
+    job_start = time.time()
     _run(["scancel", "--batch", "--signal=TERM", job], env=env)
-    _wait(env, job, lambda state, restarts: restarts >= 1 or state in ("COMPLETED", "FAILED", "CANCELLED"))
-    requeued = time.time()
+    seconds = _exit_seconds(env, {"partition preemption (tiny)": (low, low_out, low_start),
+                                  "TERM to the batch shell (tiny)": (job, out, job_start),
+                                  "TERM to the job's tasks (ResNet-101)": (resnet, resnet_out, resnet_start)})
     # As if rank 0 had been killed on another node and left its lock: the requeued run of the same job takes it over.
     (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
                                                "token": "from-before-the-requeue", "slurm_job_id": job,
                                                "slurm_restart": 0}))
 
-    # SLURM holds a requeued job for about two minutes (Reason=BeginTime) before it starts it again. The test
-    # keeps the hold: releasing the job early raced SLURM's own clean-up of the old step, which has the same
-    # name in the requeued job (its PMIx socket still bound; a late kill of "step 1.0" landing on the new one).
-    state, restarts, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED")
-                                  and restarts >= 1)
-    text = out.read_text()
-    assert state == "COMPLETED" and restarts >= 1, info + text[-4000:] + _slurmd_log(env)
-    assert "requeueing job" in text and "got SIGTERM; passing it to the tasks as USR1" in text
+    # SLURM holds a requeued job (Reason=BeginTime) until the old run's step credentials have expired
+    # (AuthInfo=cred_expire, 120 s by default, 30 s here). The test keeps the hold: releasing the job early raced
+    # SLURM's own clean-up of the old step, which has the same name in the requeued job (its PMIx socket still
+    # bound; a late kill of "step 1.0" landing on the new one). The three jobs wait out their holds side by side.
+    finals = {name: _wait(env, j, lambda state, restarts: _ended(state, restarts) and restarts >= 1)
+              for name, j in (("A", job), ("B", low), ("R", resnet))}
+    logs = {"A": out.read_text(), "B": low_out.read_text(), "R": resnet_out.read_text()}
+    for name, (state, restarts, info) in finals.items():
+        assert state == "COMPLETED" and restarts >= 1, name + info + logs[name][-4000:] + _slurmd_log(env)
+        assert "requeueing job" in logs[name], name + logs[name][-4000:]
+
+    text = logs["A"]
+    assert "got SIGTERM; passing it to the tasks as USR1" in text
     assert f"took over the stale lock of host node-elsewhere pid 1 (left by SLURM job {job} before its requeue" in text
-    # Every preemption (ours; and any SLURM adds, e.g. a node briefly unresponsive under load) checkpoints at its
-    # step, requeues, and the next run resumes from exactly that checkpoint.
-    stops = re.findall(r"\[(\w+)\] preempted at step (\d+)/\d+ \(([^)]*)\); checkpoint (\S+);", text)
-    assert stops and stops[0][0] == "attention" and stops[0][2] == "SIGUSR1", text[-4000:]
-    assert len(stops) <= restarts, (stops, restarts)     # a cue stage stops between images, without a step line
-    for stage, step, _, checkpoint in stops:
-        assert checkpoint == f"{workdir}/{stage}/ckpt/ckpt-{step}"
-        assert f"[{stage}] resuming from {checkpoint}" in text, text[-4000:] + _slurmd_log(env)  # exactly that step
+    stops = _stops_and_resumes(text, workdir)
+    assert stops[0][2] == "SIGUSR1" and len(stops) <= finals["A"][1], text[-4000:]  # a cue stage stops without one
     step = int(stops[0][1])
     assert f"[attention] step {step + 1}/{STEPS}" in text
     for stage in ("attention", "segmentation", "segmentation_adapted"):
         done = json.load(open(workdir / stage / "done.json"))
         assert done["weights_sha256"] == json.load(open(reference / stage / "done.json"))["weights_sha256"], stage
-    print(f"SLURM: sbatch to COMPLETED {time.time() - start:.0f} s (with SLURM's requeue hold); signal to requeue "
-          f"{requeued - signalled:.1f} s; stopped at step {step}; {restarts} requeue(s)")
+
+    low_stops = _stops_and_resumes(logs["B"], low_dir)
+    assert low_stops[0][2] == "SIGTERM" and "got SIGTERM" not in logs["B"]     # the tasks got it, not the script
+    assert (json.load(open(low_dir / "attention" / "done.json"))["weights_sha256"]
+            == json.load(open(reference / "attention" / "done.json"))["weights_sha256"])
+
+    resnet_stops = _stops_and_resumes(logs["R"], resnet_dir)
+    resnet_step = int(resnet_stops[0][1])
+    assert resnet_stops[0][2] == "SIGTERM" and resnet_step < RESNET_STEPS
+    assert f"[attention] step {resnet_step + 1}/{RESNET_STEPS}" in logs["R"]     # the count goes on from it
+    assert json.load(open(resnet_dir / "attention" / "done.json"))["checkpoint"] == f"ckpt/ckpt-{RESNET_STEPS}"
+    print(f"SLURM: three jobs from sbatch to COMPLETED {time.time() - start:.0f} s (with SLURM's requeue hold); "
+          + "; ".join(f"{path}: signal to exit {e:.1f} s, to requeue {q:.1f} s" for path, (e, q) in seconds.items())
+          + f"; steps at the signal: A {step}, B {low_stops[0][1]}, ResNet-101 {resnet_step}")
 
     # --evaluate through sbatch: the confusion matrix of a local 1-rank evaluation
     eval_out = tmp_path / "eval.out"
