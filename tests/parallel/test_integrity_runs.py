@@ -40,7 +40,7 @@ def test_rotation_survives_three_resumes(synth_records, tmp_path):
         if steps > 4:
             (tmp_path / "attention" / "done.json").unlink()
         _attention(synth_records, tmp_path, "--set", f"attention_steps={steps}", "--set", "checkpoint_every=1",
-                   "--set", "keep_checkpoints=2", "--allow-changed-config")
+                   "--set", "keep_checkpoints=2", "--allow-changed-config", ranks=1)   # rank 0 keeps them
         assert _indexed(ckpt) == [steps - 1, steps], sorted(os.listdir(ckpt))
     changes = json.load(open(tmp_path / "config_changes.json"))
     assert len(changes) == 3 and changes[0]["changes"] == ["attention_steps: 4 -> 6"]
@@ -94,7 +94,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(synth_records, tmp_path):
     import socket
     (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
                                                 "started": "earlier", "token": "x"}))
-    proc = _attention(synth_records, tmp_path, "--set", "attention_steps=2")
+    proc = _attention(synth_records, tmp_path, "--set", "attention_steps=2", ranks=1)     # rank 0 holds the lock
     assert "took over the stale lock" in proc.stdout and f"process {dead.pid} is gone" in proc.stdout
     assert (tmp_path / "attention" / "done.json").exists() and not (tmp_path / ".lock").exists()
 

@@ -1,14 +1,15 @@
-"""A real SLURM cluster on this machine: munge, slurmctld and one slurmd with two stand-in
-GPUs (character devices), started by the fixture. Through the real `sbatch
-launch/slurm.sbatch`: `--stage all` reaches done.json after a preemption in the middle of
-the attention stage (USR1 to the batch script, forwarded to the tasks, exit 75, requeue,
-resume from the checkpoint at the signal's step), with the weights of every stage identical
-to an uninterrupted local run; `--evaluate` gives the confusion matrix of a local 1-rank
-evaluation.
+"""A real SLURM cluster on this machine: munge, slurmctld and one slurmd with six stand-in
+GPUs (character devices) and two partitions, started by the fixture. Through the real `sbatch
+launch/slurm.sbatch`, three jobs preempted side by side, each its own way (partition
+preemption, TERM to the batch shell, TERM to a ResNet-101 job's tasks), each requeued and
+resumed from the checkpoint at its signal's step, the tiny ones with the weights of an
+uninterrupted run; `--evaluate` gives the confusion matrix of a local 1-rank evaluation; a
+training job whose srun exits 0 without training ends FAILED.
 
 Needs root and Debian's slurm-wlm + munge (installed here when missing; `make setup`
 installs neither); skipped with the reason otherwise.
 """
+import concurrent.futures
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import pytest
 from tests.hvd import ROOT, run_ranks
 
 STEPS = 300
-RESNET_STEPS = 60    # still training when the tiny jobs have started and been preempted (about 20 steps in)
+RESNET_STEPS = 90    # still training when B has been preempted (it was at step 52-55 then; 97-pixel crops are fast)
 GPUS = 6            # stand-in GPUs (and CPUs, config_overrides): three 2-task jobs at once
 FLAGS = ["--set", f"attention_steps={STEPS}", "--set", "checkpoint_every=1000", "--set", "log_every=1",
          "--set", "image_summary_every=1000", "--set", "require_gpu=false"]
@@ -226,10 +227,6 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     Each checkpoints at its step, exits 75, is requeued and resumes from exactly that
     checkpoint; the tiny ones end with the weights of an uninterrupted run."""
     env = slurm
-    reference = tmp_path / "reference"
-    run_ranks(2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test", "--data", str(synth_records),
-              "--workdir", str(reference), *FLAGS)
-
     start = time.time()
     resnet_dir, resnet_out = tmp_path / "resnet", tmp_path / "resnet.out"
     resnet = _sbatch(env, resnet_out, "--stage", "attention", "--config", "voc_paper", "--data", str(synth_records),
@@ -267,6 +264,15 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
                                                "token": "from-before-the-requeue", "slurm_job_id": job,
                                                "slurm_restart": 0}))
+    # While SLURM holds the requeued jobs, the node is idle: the uninterrupted reference run, and a job whose srun
+    # exits 0 without training (an interpreter that does nothing), which must not end COMPLETED.
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    reference = tmp_path / "reference"
+    reference_run = pool.submit(run_ranks, 2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test",
+                                "--data", str(synth_records), "--workdir", str(reference), *FLAGS)
+    none_out = tmp_path / "none.out"
+    none_job = _sbatch(env, none_out, "--python", "/bin/true", "--stage", "attention", "--config", "tiny_test",
+                       "--data", str(synth_records), "--workdir", str(tmp_path / "never_trained"))
 
     # SLURM holds a requeued job (Reason=BeginTime) until the old run's step credentials have expired
     # (AuthInfo=cred_expire, 120 s by default, 30 s here). The test keeps the hold: releasing the job early raced
@@ -275,6 +281,7 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     finals = {name: _wait(env, j, lambda state, restarts: _ended(state, restarts) and restarts >= 1)
               for name, j in (("A", job), ("B", low), ("R", resnet))}
     logs = {"A": out.read_text(), "B": low_out.read_text(), "R": resnet_out.read_text()}
+    reference_run.result()
     for name, (state, restarts, info) in finals.items():
         assert state == "COMPLETED" and restarts >= 1, name + info + logs[name][-4000:] + _slurmd_log(env)
         assert "requeueing job" in logs[name], name + logs[name][-4000:]
@@ -308,17 +315,15 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     eval_out = tmp_path / "eval.out"
     job = _sbatch(env, eval_out, "--evaluate", "--data", str(synth_records), "--workdir", str(workdir), "--",
                   "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_slurm"))
+    local = pool.submit(run_ranks, 1, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir), "--data",
+                        str(synth_records), "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_local"))
     state, _, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
     assert state == "COMPLETED", info + eval_out.read_text()[-3000:]
-    run_ranks(1, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir), "--data", str(synth_records),
-              "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_local"))
+    local.result()
     slurm_matrix = json.load(open(tmp_path / "eval_slurm" / "results.json"))["confusion_matrix"]
     assert slurm_matrix == json.load(open(tmp_path / "eval_local" / "results.json"))["confusion_matrix"]
 
-    # srun exits 0 when its tasks never trained (here: an interpreter that does nothing): not COMPLETED
-    none_out = tmp_path / "none.out"
-    job = _sbatch(env, none_out, "--python", "/bin/true", "--stage", "attention", "--config", "tiny_test",
-                  "--data", str(synth_records), "--workdir", str(tmp_path / "never_trained"))
-    state, _, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
+    # srun exited 0 when its tasks never trained: not COMPLETED
+    state, _, info = _wait(env, none_job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
     assert state == "FAILED", info + none_out.read_text()[-3000:]
     assert "srun exited 0 but " in none_out.read_text() and "attention/done.json is missing" in none_out.read_text()
