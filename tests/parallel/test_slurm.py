@@ -317,13 +317,13 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
                   "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_slurm"))
     local = pool.submit(run_ranks, 1, "-m", "dcsp_dist.evaluate", "--checkpoint", str(workdir), "--data",
                         str(synth_records), "--split", "val", "--no-crf", "--out", str(tmp_path / "eval_local"))
-    state, _, info = _wait(env, job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
+    state, _, info = _wait(env, job, _ended)
     assert state == "COMPLETED", info + eval_out.read_text()[-3000:]
     local.result()
     slurm_matrix = json.load(open(tmp_path / "eval_slurm" / "results.json"))["confusion_matrix"]
     assert slurm_matrix == json.load(open(tmp_path / "eval_local" / "results.json"))["confusion_matrix"]
 
     # srun exited 0 when its tasks never trained: not COMPLETED
-    state, _, info = _wait(env, none_job, lambda state, restarts: state in ("COMPLETED", "FAILED", "CANCELLED"))
+    state, _, info = _wait(env, none_job, _ended)
     assert state == "FAILED", info + none_out.read_text()[-3000:]
     assert "srun exited 0 but " in none_out.read_text() and "attention/done.json is missing" in none_out.read_text()
