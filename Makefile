@@ -18,7 +18,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 test: setup lint
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider --durations=10 tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider --durations=20 tests
 
 # The tests that start no horovodrun: the inner loop.
 test-unit: setup
