@@ -1,3 +1,8 @@
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 from PIL import Image
 
@@ -52,7 +57,6 @@ def test_crf_sharpens_blurred_probabilities_on_real_voc_image(voc_sample):
 
 
 def test_default_crf_workers_give_each_core_of_a_rank_a_crf_process():
-    import os
     cores = len(os.sched_getaffinity(0))
     assert crf_pool.default_crf_workers(1) == cores
     assert crf_pool.default_crf_workers(cores) == 1          # one core per rank: still overlap
@@ -120,3 +124,59 @@ def test_crf_over_kept_labels_equals_the_full_crf_on_the_real_image(voc_sample):
     assert len(crf.select_labels(probs, crf.CRFParams().label_margin)[0]) < 40
     assert (full == ours).mean() >= 0.999
     assert set(np.unique(ours)) <= {0, 15, 20, 41} | set(np.unique(full))
+
+
+class _Array:
+    def __init__(self, value):
+        self.value = value
+
+    def numpy(self):
+        return self.value
+
+
+def _workers_of(pid):
+    """Pids of this process's spawned multiprocessing workers (not its resource tracker)."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{tid}/children").read().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                cmdline = open(f"/proc/{child}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                found.append(int(child))
+    return found
+
+
+def test_a_crf_worker_signalled_while_it_starts_finishes_its_images():
+    """SIGTERM to a CRF worker the moment it exists, before its Python has started (a preemption
+    signal to the process group lands there as often as anywhere): it is born with the signal
+    blocked and ignores it once up, so every image comes back; a worker killed by it would
+    break the pool (BrokenProcessPool)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(4)]
+    probs = rng.dirichlet(np.ones(3), size=(48, 64)).astype(np.float32)
+    dataset = [{"image": _Array(image)} for image in images]
+    signalled = []
+
+    def signal_the_worker_as_it_appears():
+        deadline = time.time() + 60
+        while not signalled and time.time() < deadline:
+            for pid in _workers_of(os.getpid()):
+                os.kill(pid, signal.SIGTERM)
+                signalled.append(pid)
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=signal_the_worker_as_it_appears)
+    watcher.start()
+    try:
+        out = list(crf_pool.run_inference(lambda image: _Array(probs), dataset, crf.CRFParams(), workers=1))
+    finally:
+        signalled.append(None)
+        watcher.join()
+    assert signalled[0] is not None, "the worker was never seen"
+    assert len(out) == 4 and all(labels.shape == (48, 64) for _, labels, _ in out)

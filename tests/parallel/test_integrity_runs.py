@@ -8,6 +8,7 @@ is left on disk.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from tests.hvd import HOROVODRUN, ROOT, run_ranks
 
 TRAIN = ["-m", "dcsp_dist.train", "--config", "tiny_test", "--set", "image_summary_every=1000"]
-STEPS_LONG = 1500   # the first of two jobs must still run while the second starts (TensorFlow's import)
+STEPS_FIRST = 200   # the first of two jobs: stopped (SIGSTOP) while it holds the lock, so any count will do
 
 
 def _errors(proc):
@@ -65,26 +66,35 @@ def test_overflowing_weights_are_never_checkpointed(synth_records, tmp_path):
 def _spawn_attention(records, workdir, steps):
     env = dict(os.environ, DCSP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [HOROVODRUN, "--gloo", "-np", "1", "-H", "localhost:1", sys.executable, *TRAIN, "--stage", "attention",
+    cmd = [*HOROVODRUN, "--gloo", "-np", "1", "-H", "localhost:1", sys.executable, *TRAIN, "--stage", "attention",
            "--data", str(records), "--workdir", str(workdir), "--set", f"attention_steps={steps}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_second_job_on_a_run_directory_refuses_and_the_first_finishes(synth_records, tmp_path):
-    first = _spawn_attention(synth_records, tmp_path, steps=STEPS_LONG)
-    lock = tmp_path / ".lock"
+    first = _spawn_attention(synth_records, tmp_path, steps=STEPS_FIRST)
+    lock, holder = tmp_path / ".lock", {}
     deadline = time.time() + 180
-    while not lock.exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.5)
-    assert lock.exists(), first.communicate()[0][-2000:]
-    holder = json.load(open(lock))
-    second = _attention(synth_records, tmp_path, "--set", f"attention_steps={STEPS_LONG}", check=False)
+    while "pid" not in holder and time.time() < deadline and first.poll() is None:
+        time.sleep(0.1)
+        try:
+            holder = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            pass
+    assert "pid" in holder, first.communicate()[0][-2000:]
+    # The holder is held still (SIGSTOP, alive, its lock fresh) while the second job starts: the
+    # refusal cannot depend on how fast the first one trains.
+    os.kill(holder["pid"], signal.SIGSTOP)
+    try:
+        second = _attention(synth_records, tmp_path, "--set", f"attention_steps={STEPS_FIRST}", check=False)
+    finally:
+        os.kill(holder["pid"], signal.SIGCONT)
     assert second.returncode == 1
     errors = _errors(second)
     assert len(errors) == 2 and all("is in use by" in e and f"pid {holder['pid']}" in e for e in errors), errors
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
-    assert json.load(open(tmp_path / "attention" / "done.json"))["checkpoint"] == f"ckpt/ckpt-{STEPS_LONG}"
+    assert json.load(open(tmp_path / "attention" / "done.json"))["checkpoint"] == f"ckpt/ckpt-{STEPS_FIRST}"
     assert not lock.exists()                                            # released at the end
 
 

@@ -32,7 +32,7 @@ def test_signal_to_one_rank_loses_no_step_and_the_resume_equals_an_uninterrupted
     run_ranks(2, *FLAGS, "--data", str(synth_records), "--workdir", str(straight))
 
     workdir = tmp_path / "preempted"
-    cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, *FLAGS,
+    cmd = [*HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, *FLAGS,
            "--data", str(synth_records), "--workdir", str(workdir)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -23,7 +23,7 @@ def _heartbeat(workdir, rank):
 
 
 def _job(controller, synth_records, workdir, *settings):
-    cmd = [HOROVODRUN, f"--{controller}", "-np", "2", "-H", "localhost:2", sys.executable, "-m", "dcsp_dist.train",
+    cmd = [*HOROVODRUN, f"--{controller}", "-np", "2", "-H", "localhost:2", sys.executable, "-m", "dcsp_dist.train",
            "--stage", "attention", "--config", "tiny_test", "--data", str(synth_records), "--workdir", str(workdir),
            "--set", "checkpoint_every=100000", "--set", "image_summary_every=100000", "--set", "require_gpu=false",
            *[a for s in settings for a in ("--set", s)]]
