@@ -5,6 +5,9 @@ No TensorFlow here: the pool's processes are spawned and import only this module
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+
 
 def run_inference(probabilities, dataset, crf_params, workers: int = 1):
     """Yield (example, [H, W] uint8 label map, [H, W] uint8 network argmax) for every
@@ -28,6 +31,7 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
             yield ex, argmax if crf_params is None else dense_crf(ex["image"].numpy(), probs, crf_params), argmax
         return
     pending = collections.deque()
+    signals = _preemption_signals()
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=ignore_preemption_signals)
     try:
@@ -35,7 +39,7 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
             probs = probabilities(ex["image"]).numpy()
             # Only the labels that can matter travel to the worker, as [k, H, W] float32.
             labels, sub = select_labels(probs, crf_params.label_margin)
-            with _preemption_signals_blocked():   # a worker this submit starts is born with them blocked
+            with _blocked(signals):   # a worker this submit starts is born with them blocked
                 future = pool.submit(crf_on_labels, ex["image"].numpy(), sub, labels, crf_params)
             pending.append((ex, future, probs.argmax(-1).astype("uint8")))
             while len(pending) > 2 * workers:   # bounded look-ahead keeps memory flat
@@ -53,34 +57,30 @@ def _preemption_signals():
     return parse_signals(DEFAULT_SIGNALS)
 
 
-class _preemption_signals_blocked:
-    """Blocks the preemption signals in the calling thread for the block: the pool spawns its
-    workers from ``submit`` in this thread, and a spawned process starts with its parent's
-    signal mask, so a signal that reaches the process group while a worker starts up waits,
-    blocked, until the worker has set it to be ignored. The rank loses nothing: a signal sent
-    meanwhile is delivered to another of its threads, or to it when the block ends."""
-
-    def __enter__(self):
-        import signal
-        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, _preemption_signals())
-
-    def __exit__(self, *exc):
-        import signal
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+@contextlib.contextmanager
+def _blocked(signals):
+    """Blocks ``signals`` in the calling thread for the block: the pool spawns its workers from
+    ``submit`` in this thread, and a spawned process starts with its parent's signal mask, so
+    a signal that reaches the process group while a worker starts up waits, blocked, until the
+    worker has set it to be ignored. The rank loses nothing: a signal sent meanwhile is
+    delivered to another of its threads, or to it when the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def ignore_preemption_signals() -> None:
     """In a CRF worker: a preemption signal (sent to the whole process group by SLURM, srun or
     a terminal) is the rank's to handle; the worker finishes its image, and the rank stops
     between images with exit 75. A worker killed by it would break the pool instead. The
-    worker starts with them blocked (``_preemption_signals_blocked``); one sent before this
-    point is discarded when they are unblocked here, being ignored by then."""
-    import signal
-
-    sigs = _preemption_signals()
-    for sig in sigs:
+    worker starts with them blocked (``_blocked``); one sent before this point is discarded
+    when they are unblocked here, being ignored by then."""
+    signals = _preemption_signals()
+    for sig in signals:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def default_crf_workers(local_size: int) -> int:
