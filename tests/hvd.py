@@ -41,3 +41,36 @@ def run_python(*args: str, timeout: int = 900, check: bool = True, env: dict | N
         raise AssertionError(f"python {' '.join(args)} exited with {proc.returncode}\n"
                              f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of the live children of process ``pid``, whichever of its threads started them
+    ([] once ``pid`` is gone)."""
+    found = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def spawned_workers(pid: int) -> list[int]:
+    """The pids of process ``pid``'s spawned multiprocessing workers (a CRF pool's), not its
+    other children: multiprocessing's resource tracker, or the ``orted`` Open MPI starts for a
+    process launched without mpirun."""
+    found = []
+    for child in child_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(child)
+    return found

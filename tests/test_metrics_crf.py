@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from dcsp_dist import crf, crf_pool, metrics
+from tests.hvd import spawned_workers
 
 
 def test_confusion_and_miou_match_independent_reference():
@@ -134,24 +135,6 @@ class _Array:
         return self.value
 
 
-def _workers_of(pid):
-    """Pids of this process's spawned multiprocessing workers (not its resource tracker)."""
-    found = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            children = open(f"/proc/{pid}/task/{tid}/children").read().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                cmdline = open(f"/proc/{child}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                found.append(int(child))
-    return found
-
-
 def test_a_crf_worker_signalled_while_it_starts_finishes_its_images():
     """SIGTERM to a CRF worker the moment it exists, before its Python has started (a preemption
     signal to the process group lands there as often as anywhere): it is born with the signal
@@ -166,7 +149,7 @@ def test_a_crf_worker_signalled_while_it_starts_finishes_its_images():
     def signal_the_worker_as_it_appears():
         deadline = time.time() + 60
         while not signalled and time.time() < deadline:
-            for pid in _workers_of(os.getpid()):
+            for pid in spawned_workers(os.getpid()):
                 os.kill(pid, signal.SIGTERM)
                 signalled.append(pid)
             time.sleep(0.0005)

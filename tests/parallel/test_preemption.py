@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 
-from tests.hvd import HOROVODRUN, ROOT, run_ranks
+from tests.hvd import HOROVODRUN, ROOT, run_ranks, spawned_workers
 from tests.parallel.test_elastic import _watch, _worker_pids
 
 STEPS = 40
@@ -101,14 +101,6 @@ def test_term_to_the_mpirun_wrapper_checkpoints_the_last_step_and_exits_75(synth
     assert json.load(open(workdir / "preempted.json"))["where"].startswith(f"attention step {step}")
 
 
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(c) for c in fh.read().split()]
-    except OSError:
-        return []
-
-
 def test_evaluate_and_predict_stop_on_a_signal_with_their_crf_workers_alive(tiny_run, synth_records, tmp_path):
     """TERM to the whole process group (rank and CRF workers, as SLURM and terminals send it)
     while the CRF pool runs: the workers ignore it, the rank stops between images, nothing is
@@ -123,10 +115,10 @@ def test_evaluate_and_predict_stop_on_a_signal_with_their_crf_workers_alive(tiny
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         deadline = time.time() + 300
-        while not _children(proc.pid) and proc.poll() is None and time.time() < deadline:
+        while not spawned_workers(proc.pid) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGSTOP)          # the rank holds still while the pool is up
-        assert _children(proc.pid), "the CRF pool never started"
+        assert spawned_workers(proc.pid), "the CRF pool never started"
         os.killpg(proc.pid, signal.SIGTERM)        # rank and workers alike
         os.kill(proc.pid, signal.SIGCONT)
         out = proc.communicate(timeout=300)[0]
