@@ -277,9 +277,10 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
 
     # SLURM holds a requeued job (Reason=BeginTime) until the old run's step credentials have expired
     # (AuthInfo=cred_expire, 120 s by default, 30 s here); then it starts at the scheduler's next pass
-    # (sched_interval, 60 s by default, 3 s here: nothing else wakes it). The test keeps the hold: releasing the job early raced
-    # SLURM's own clean-up of the old step, which has the same name in the requeued job (its PMIx socket still
-    # bound; a late kill of "step 1.0" landing on the new one). The three jobs wait out their holds side by side.
+    # (sched_interval, 60 s by default, 3 s here: nothing else wakes it). The test keeps the hold:
+    # releasing the job early raced SLURM's own clean-up of the old step, which has the same name in the
+    # requeued job (its PMIx socket still bound; a late kill of "step 1.0" landing on the new one). The
+    # three jobs wait out their holds side by side.
     finals = {name: _wait(env, j, lambda state, restarts: _ended(state, restarts) and restarts >= 1)
               for name, j in (("A", job), ("B", low), ("R", resnet))}
     logs = {"A": out.read_text(), "B": low_out.read_text(), "R": resnet_out.read_text()}
