@@ -83,6 +83,7 @@ def _write_conf(base, host: str):
 SlurmctldHost={host}
 AuthType=auth/munge
 AuthInfo=cred_expire=30
+MessageTimeout=60
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SlurmctldPort=6817
@@ -164,8 +165,14 @@ def _ended(state, restarts):
 
 
 def _slurmd_log(env) -> str:
-    log = os.path.join(os.path.dirname(env["SLURM_CONF"]), "log", "d.log")
-    return "\n--- slurmd log ---\n" + (open(log).read()[-3000:] if os.path.exists(log) else "(none)")
+    """The end of slurmd's log, and slurmctld's lines on requeues, starts and retried RPCs."""
+    logs = os.path.join(os.path.dirname(env["SLURM_CONF"]), "log")
+    text = ["\n--- slurmd log ---\n", open(f"{logs}/d.log").read()[-3000:] if os.path.exists(f"{logs}/d.log") else "(none)"]
+    if os.path.exists(f"{logs}/ctld.log"):
+        text += ["\n--- slurmctld log (requeues, starts, retries) ---\n"] + [
+            line for line in open(f"{logs}/ctld.log")
+            if re.search(r"Requeuing|Allocate|_start_job|retry|timed out|not responding|kill_job", line)][-40:]
+    return "".join(text)
 
 
 def _steps(path):
@@ -189,10 +196,12 @@ def _wait_for_step(env, jobs, step, timeout=600):
     raise AssertionError(f"jobs {behind} never reached step {step}: {text[-3000:]}")
 
 
-def _exit_seconds(env, signalled, timeout=300):
+def _exit_seconds(env, signalled, on_left=None, timeout=300):
     """Seconds from each job's signal until its tasks have exited ("exited with exit code"
-    in its log) and until it left RUNNING (requeued, or ended): {name: (exit, left)}."""
-    deadline, found = time.time() + timeout, {}
+    in its log) and until it left RUNNING (requeued, or ended): {name: (exit, left)}.
+    ``on_left`` ({name: callable}) runs the moment that job is seen to have left RUNNING,
+    while SLURM still holds it (requeued jobs are held at least cred_expire, 30 s)."""
+    on_left, deadline, found = on_left or {}, time.time() + timeout, {}
     while len(found) < 2 * len(signalled) and time.time() < deadline:
         for name, (job, out, t0) in signalled.items():
             if (name, "exit") not in found and re.search(r"srun: error: \S+: tasks? [\d-]+: (Exited|Terminated|Killed)",
@@ -201,6 +210,8 @@ def _exit_seconds(env, signalled, timeout=300):
             state, restarts, _ = _job_state(env, job)
             if (name, "left") not in found and (restarts >= 1 or state not in ("RUNNING", "CONFIGURING")):
                 found[name, "left"] = time.time() - t0
+                if name in on_left:
+                    on_left[name]()
         time.sleep(0.2)
     return {name: (found.get((name, "exit"), float("nan")), found.get((name, "left"), float("nan")))
             for name in signalled}
@@ -258,15 +269,24 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     _wait_for_step(env, [(job, out)], 10)
     job_start = time.time()
     _run(["scancel", "--batch", "--signal=TERM", job], env=env)
+
+    def leave_a_stale_lock():
+        """As if rank 0 had been killed on another node and left its lock: the requeued run of the same job
+        takes it over. Written the moment A is requeued, while SLURM holds it (R may take a minute more to
+        save, and A would have restarted by then)."""
+        (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
+                                                   "token": "from-before-the-requeue", "slurm_job_id": job,
+                                                   "slurm_restart": 0}))
+        state, _, info = _job_state(env, job)
+        restarted = state in ("RUNNING", "CONFIGURING") or out.read_text().count("srun --mpi") > 1
+        assert not restarted, "A restarted before its lock was written: " + info
+
     seconds = _exit_seconds(env, {"partition preemption (tiny)": (low, low_out, low_start),
                                   "TERM to the batch shell (tiny)": (job, out, job_start),
-                                  "TERM to the job's tasks (ResNet-101)": (resnet, resnet_out, resnet_start)})
-    # As if rank 0 had been killed on another node and left its lock: the requeued run of the same job takes it over.
-    (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
-                                               "token": "from-before-the-requeue", "slurm_job_id": job,
-                                               "slurm_restart": 0}))
-    # While SLURM holds the requeued jobs, the node is idle: the uninterrupted reference run, and a job whose srun
-    # exits 0 without training (an interpreter that does nothing), which must not end COMPLETED.
+                                  "TERM to the job's tasks (ResNet-101)": (resnet, resnet_out, resnet_start)},
+                            on_left={"TERM to the batch shell (tiny)": leave_a_stale_lock})
+    # While SLURM holds the requeued jobs: the uninterrupted reference run, and a job whose srun exits 0 without
+    # training (an interpreter that does nothing), which must not end COMPLETED.
     pool = concurrent.futures.ThreadPoolExecutor(2)
     reference = tmp_path / "reference"
     reference_run = pool.submit(run_ranks, 2, "-m", "dcsp_dist.train", "--stage", "all", "--config", "tiny_test",
@@ -278,9 +298,13 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     # SLURM holds a requeued job (Reason=BeginTime) until the old run's step credentials have expired
     # (AuthInfo=cred_expire, 120 s by default, 30 s here); then it starts at the scheduler's next pass
     # (sched_interval, 60 s by default, 3 s here: nothing else wakes it). The test keeps the hold:
-    # releasing the job early raced SLURM's own clean-up of the old step, which has the same name in the
-    # requeued job (its PMIx socket still bound; a late kill of "step 1.0" landing on the new one). The
-    # three jobs wait out their holds side by side.
+    # the requeued job's step has the old step's name (job 1, step 0), and SLURM's clean-up of the old
+    # one can land on it. srun's own end of the old step (--kill-on-bad-exit) is a signal RPC that
+    # slurmctld retries 60 s after it timed out (MessageTimeout): with ranks that lingered to KillWait
+    # (30 s) it timed out, and the retry killed the requeued job 10 s into its start. The ranks now leave
+    # together; MessageTimeout=60 (10 by default) keeps a slow slurmd on this loaded machine from
+    # starting a retry that the shortened hold would not cover. The three jobs wait out their holds side
+    # by side.
     finals = {name: _wait(env, j, lambda state, restarts: _ended(state, restarts) and restarts >= 1)
               for name, j in (("A", job), ("B", low), ("R", resnet))}
     logs = {"A": out.read_text(), "B": low_out.read_text(), "R": resnet_out.read_text()}
@@ -288,6 +312,8 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     for name, (state, restarts, info) in finals.items():
         assert state == "COMPLETED" and restarts >= 1, name + info + logs[name][-4000:] + _slurmd_log(env)
         assert "requeueing job" in logs[name], name + logs[name][-4000:]
+        # every rank of the stopped run left with 75 by itself: none was still tearing down when srun ended them
+        assert not re.search(r"srun: error: \S+: tasks? [\d-]+: (Killed|Terminated)", logs[name]), logs[name][-4000:]
 
     text = logs["A"]
     assert "got SIGTERM; passing it to the tasks as USR1" in text
