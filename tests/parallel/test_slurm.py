@@ -22,8 +22,8 @@ import pytest
 
 from tests.hvd import ROOT, run_ranks
 
-STEPS = 300
-RESNET_STEPS = 90    # still training when B has been preempted (it was at step 52-55 then; 97-pixel crops are fast)
+STEPS = 200          # the tiny jobs: signalled after their step 10, they stopped at steps 13-41 (once 102)
+RESNET_STEPS = 75    # still training when B has been preempted (it was at step 37-55 then; 97-pixel crops are fast)
 GPUS = 6            # stand-in GPUs (and CPUs, config_overrides): three 2-task jobs at once
 FLAGS = ["--set", f"attention_steps={STEPS}", "--set", "checkpoint_every=1000", "--set", "log_every=1",
          "--set", "image_summary_every=1000", "--set", "require_gpu=false"]
