@@ -16,7 +16,7 @@ import hashlib
 import os
 import socket
 import sys
-from typing import Iterable, Sequence
+from typing import Iterable, NoReturn, Sequence
 
 import horovod.tensorflow as hvd
 import horovod.tensorflow.elastic  # noqa: F401  (hvd.elastic)
@@ -318,7 +318,7 @@ def run_or_report(job, expected: tuple) -> int:
     return 0
 
 
-def leave_now(status: int) -> None:
+def leave_now(status: int) -> NoReturn:
     """End this rank at once with ``status``: Horovod shut down with the other ranks, then no
     interpreter teardown. For a preemption stop, when every rank has passed the barrier behind
     the checkpoint and its marker and nothing is left to write: tearing a ResNet-101 process
