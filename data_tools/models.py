@@ -22,6 +22,14 @@ Each name's sources are tried in order until one gives a file with the registry'
 A download goes to a temporary name; a file is moved into the cache only after its hash
 matches, so a partial or corrupt download is never used. A file found in the cache is
 checked against the hash before it is used.
+
+Nothing a download says becomes a path unchecked: ``resources.json`` is pinned by its
+sha256 (the package version is pinned too), and each of its chunks must be named by 64 hex
+digits, lie within the model's size and join the others without gap or overlap
+(``_check_chunks``); every name handed to pooch must stay inside the fetch's own folder
+(``_inside``). A read-only cache that holds the file is used as it is; files land readable
+by everyone the umask allows (a cache shared between users); what a killed fetch left behind
+is removed by the next fetch of that model.
 """
 from __future__ import annotations
 
@@ -38,6 +46,8 @@ import tempfile
 IMGLY_PACKAGE = "@imgly/background-removal-data"
 IMGLY_VERSION = "1.4.5"
 IMGLY_CDN = f"https://staticimgly.com/{IMGLY_PACKAGE}/{IMGLY_VERSION}/dist/"
+# dist/resources.json of that version (the CDN's and the tarball's are the same file).
+IMGLY_RESOURCES = "sha256:368ca5d3dbe86c380deb37ee5834b28a3e9c08bd858c85292a5ab19d1b4764f8"
 IMGLY_TARBALL = (f"https://registry.npmjs.org/{IMGLY_PACKAGE}/-/background-removal-data-{IMGLY_VERSION}.tgz",
                  "sha256:ca7789abb39370727c9a098310b53bce41518d200000423c7107f8c01bbce946")
 IMGLY_LICENCE = ("IS-Net (xuebinqin/DIS): MIT; packaged by IMG.LY in @imgly/background-removal-data, AGPL-3.0 "
@@ -61,10 +71,12 @@ class Url:
 @dataclasses.dataclass(frozen=True)
 class NpmChunks:
     """``resource`` of a package in the chunked npm layout: from ``base`` (the CDN's dist/
-    directory, one request per chunk) or from the package ``tarball`` (url, known hash)."""
+    directory, one request per chunk; its ``resources.json`` must have the hash ``index``) or
+    from the package ``tarball`` (url, known hash)."""
     resource: str
     base: str | None = None
     tarball: tuple | None = None
+    index: str | None = None
 
     def describe(self) -> str:
         return f"{self.base or self.tarball[0]} ({self.resource})"
@@ -83,7 +95,7 @@ class Model:
 
 
 def _imgly(resource: str) -> tuple:
-    return (NpmChunks(resource, base=IMGLY_CDN), NpmChunks(resource, tarball=IMGLY_TARBALL))
+    return (NpmChunks(resource, base=IMGLY_CDN, index=IMGLY_RESOURCES), NpmChunks(resource, tarball=IMGLY_TARBALL))
 
 
 REGISTRY = {m.name: m for m in (
@@ -108,7 +120,8 @@ REGISTRY = {m.name: m for m in (
 
 
 def cache_dir() -> str:
-    return os.environ.get("DCSP_MODELS") or os.path.join(os.path.expanduser("~"), ".cache", "dcsp_dist", "models")
+    """``$DCSP_MODELS`` (``~`` expanded, as pooch would) or ``~/.cache/dcsp_dist/models``."""
+    return os.path.expanduser(os.environ.get("DCSP_MODELS") or os.path.join("~", ".cache", "dcsp_dist", "models"))
 
 
 def file_hash(path: str, algorithm: str = "sha256") -> str:
@@ -139,22 +152,50 @@ def cached(model: Model, cache: str | None = None) -> str | None:
 @contextlib.contextmanager
 def _locked(cache: str, model: Model):
     """One fetch of a file at a time on this cache (ranks of one node, or of several on a
-    shared file system): the others wait, then find it cached."""
+    shared file system): the others wait, then find it cached. The holder first removes what
+    a killed fetch of this model left (its work folders and partial files)."""
     import fcntl
-    os.makedirs(cache, exist_ok=True)
-    with open(os.path.join(cache, f".{model.file}.lock"), "w") as fh:
+    import shutil
+    try:
+        os.makedirs(cache, exist_ok=True)
+        fh = open(os.path.join(cache, f".{model.file}.lock"), "a")
+    except OSError as exc:
+        raise ModelError(f"model {model.name}: the cache {cache} cannot be written ({exc.strerror}) and does not "
+                         f"hold {model.file}; set DCSP_MODELS to a writable folder, or put the file there") from None
+    with fh:
+        os.chmod(fh.name, _shared_mode()) if os.stat(fh.name).st_uid == os.getuid() else None
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            for name in os.listdir(cache):
+                if name.startswith(_work_prefix(model)):
+                    shutil.rmtree(os.path.join(cache, name), ignore_errors=True)
+                elif name.startswith(f".{model.file}.") and name.endswith(".part"):
+                    os.remove(os.path.join(cache, name))
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _work_prefix(model: Model) -> str:
+    return f".fetch-{model.file}-"
+
+
+def _shared_mode() -> int:
+    """0644 under the usual umask: what a file made by ``open`` would get (pooch's are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def fetch(model: Model | str, cache: str | None = None, progress: bool = True) -> str:
     """The model's file in the cache, fetched first if it is not there; ModelError (one line
-    naming every source tried and where to put the file by hand) when none answers."""
+    naming every source tried and where to put the file by hand) when none answers. A cache
+    that holds the file is only read (it may be read-only: baked into an image, shared)."""
     model = get(model) if isinstance(model, str) else model
-    cache = cache or cache_dir()
+    cache = os.path.expanduser(cache or cache_dir())
+    found = cached(model, cache)
+    if found:
+        return found
     with _locked(cache, model):
         found = cached(model, cache)
         if found:
@@ -179,48 +220,95 @@ def _from(source, model: Model, cache: str, progress: bool) -> str:
     import pooch
     target = os.path.join(cache, model.file)
     if isinstance(source, Url):   # pooch: temporary name, hash checked, then moved into place
-        path = pooch.retrieve(source.url, known_hash=model.hash, fname=model.file, path=cache, progressbar=progress)
+        path = pooch.retrieve(source.url, known_hash=model.hash, fname=_inside(cache, model.file), path=cache,
+                              progressbar=progress)
+        os.chmod(path, _shared_mode())
         return path
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as work:
+    with tempfile.TemporaryDirectory(dir=cache, prefix=_work_prefix(model)) as work:
         if source.tarball:
             url, known = source.tarball
             tgz = pooch.retrieve(url, known_hash=known, fname="package.tgz", path=work, progressbar=progress)
-            chunks = _tarball_chunks(tgz, source.resource)
+            chunks = _tarball_chunks(tgz, source.resource, model)
         else:
-            chunks = _cdn_chunks(source, work, progress)
+            chunks = _cdn_chunks(source, work, progress, model)
         _assemble(chunks, target, model)
     return target
 
 
-def _resource(index: dict, resource: str, where: str) -> list:
-    entry = index.get(resource)
-    if not entry or not entry.get("chunks"):
+def _inside(folder: str, name: str) -> str:
+    """``name`` if it names a file directly inside ``folder`` (no separator, no ``..``, no
+    link out), else ModelError: every name that reaches pooch goes through here."""
+    path = os.path.realpath(os.path.join(folder, name))
+    if os.sep in name or (os.altsep and os.altsep in name) or name in ("", ".", "..") \
+            or os.path.dirname(path) != os.path.realpath(folder):
+        raise ModelError(f"refused to write {name!r}: not a file name inside {folder}")
+    return name
+
+
+def _resource(index: dict, resource: str, where: str, model: Model) -> list:
+    entry = index.get(resource) if isinstance(index, dict) else None
+    if not isinstance(entry, dict) or not entry.get("chunks"):
         raise ModelError(f"{where}: no resource {resource} in resources.json")
-    return sorted(entry["chunks"], key=lambda c: c["offsets"][0])
+    return _check_chunks(entry["chunks"], model, f"{where} resources.json {resource}")
 
 
-def _cdn_chunks(source: NpmChunks, work: str, progress: bool):
+def _check_chunks(chunks, model: Model, where: str) -> list:
+    """The chunks in offset order, each named by 64 lower-case hex digits (its sha256) with
+    offsets [start, end) that join the previous one's and end at the model's size; a bad
+    entry is a ModelError naming it, before anything is fetched."""
+    import re
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+        raise ModelError(f"{where}: chunks is not a list of entries")
+    for i, chunk in enumerate(chunks):
+        name, offsets = chunk.get("hash"), chunk.get("offsets")
+        if not isinstance(name, str) or not re.fullmatch(r"[0-9a-f]{64}", name):
+            raise ModelError(f"{where}: chunk {i} is named {str(name)[:80]!r}, not a sha256 (64 hex digits)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ModelError(f"{where}: chunk {i} ({name[:12]}...) has offsets {offsets!r}, not [start, end]")
+    ordered = sorted(chunks, key=lambda c: c["offsets"][0])
+    position = 0
+    for chunk in ordered:
+        start, end = chunk["offsets"]
+        if start != position or end <= start:
+            raise ModelError(f"{where}: chunk {chunk['hash'][:12]}... is bytes {start}-{end}, expected to start at "
+                             f"{position} (chunks overlap, leave a gap or are empty)")
+        if model.size is not None and end > model.size:
+            raise ModelError(f"{where}: chunk {chunk['hash'][:12]}... ends at byte {end}, past the model's "
+                             f"{model.size}")
+        position = end
+    if model.size is not None and position != model.size:
+        raise ModelError(f"{where}: the chunks end at byte {position}, not at the model's {model.size}")
+    return ordered
+
+
+def _cdn_chunks(source: NpmChunks, work: str, progress: bool, model: Model):
     """Yield each chunk's bytes, fetched one by one from the CDN and checked by pooch."""
     import pooch
-    index_path = pooch.retrieve(source.base + "resources.json", known_hash=None, fname="resources.json", path=work,
-                                progressbar=False)
+    if not source.index:
+        raise ModelError(f"{source.base}resources.json has no pinned sha256: its chunk list is not used unchecked")
+    index_path = pooch.retrieve(source.base + "resources.json", known_hash=source.index, fname="resources.json",
+                                path=work, progressbar=False)
     with open(index_path) as fh:
-        chunks = _resource(json.load(fh), source.resource, source.base)
-    for chunk in chunks:
-        path = pooch.retrieve(source.base + chunk["hash"], known_hash="sha256:" + chunk["hash"], fname=chunk["hash"],
-                              path=work, progressbar=progress)
+        try:
+            index = json.load(fh)
+        except ValueError as exc:
+            raise ModelError(f"{source.base}resources.json is not JSON ({exc})") from None
+    for chunk in _resource(index, source.resource, source.base, model):
+        path = pooch.retrieve(source.base + chunk["hash"], known_hash="sha256:" + chunk["hash"],
+                              fname=_inside(work, chunk["hash"]), path=work, progressbar=progress)
         with open(path, "rb") as fh:
             yield chunk, fh.read()
         os.remove(path)
 
 
-def _tarball_chunks(tgz: str, resource: str):
-    """Yield each chunk's bytes from the package tarball (``package/dist/<sha256>``)."""
+def _tarball_chunks(tgz: str, resource: str, model: Model):
+    """Yield each chunk's bytes from the package tarball (``package/dist/<sha256>``); nothing
+    is extracted to disk."""
     with tarfile.open(tgz, "r:gz") as tar:
         members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
         if "dist/resources.json" not in members:
             raise ModelError(f"{tgz}: no dist/resources.json (not the chunked npm layout)")
-        chunks = _resource(json.load(tar.extractfile(members["dist/resources.json"])), resource, tgz)
+        chunks = _resource(json.load(tar.extractfile(members["dist/resources.json"])), resource, tgz, model)
         for chunk in chunks:
             member = members.get("dist/" + chunk["hash"])
             if member is None:
@@ -246,7 +334,7 @@ def _assemble(chunks, target: str, model: Model) -> None:
                 position = end
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _shared_mode())
         if not _matches(tmp, model.hash):
             raise ModelError(f"the assembled file does not match {model.hash[:20]}...")
         os.replace(tmp, target)
@@ -256,9 +344,11 @@ def _assemble(chunks, target: str, model: Model) -> None:
 
 
 def resolve(spec: str, progress: bool = True) -> tuple[str, str | None]:
-    """``(path, preset)`` for ``--model``: an existing file as it is (no preset), else a name
-    from the registry, fetched on first use (its preset)."""
-    if os.path.exists(spec) or spec.lower().endswith((".onnx", ".keras", ".h5")) or os.sep in spec:
+    """``(path, preset)`` for ``--model``: a registry name, fetched on first use (its preset),
+    whatever files or folders of that name lie around (write ``./isnet`` for a file named
+    so); else a model file as it is (no preset)."""
+    if spec not in REGISTRY and (os.path.isfile(spec) or spec.lower().endswith((".onnx", ".keras", ".h5"))
+                                 or os.sep in spec):
         return spec, None
     model = get(spec)
     return fetch(model, progress=progress), model.preset

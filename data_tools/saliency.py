@@ -133,26 +133,45 @@ def hierarchical_saliency(rgb: np.ndarray, detector=_mb_plus, passes: int = 2) -
 
 
 def _write_png(sal: np.ndarray, path: str) -> None:
-    tmp = path + ".tmp.png"
-    Image.fromarray(np.round(sal * 255).astype(np.uint8)).save(tmp)
-    os.replace(tmp, path)
-
-
-def is_done(src: str, dst: str) -> bool:
-    """A map exists and is not older than its image (a replaced photo is redone)."""
+    """The map as a PNG, whole or not at all (the project's atomic writer: a temporary name
+    unique to this process, fsync, rename)."""
+    from dcsp_dist.atomic import publish, temp_name
+    tmp = temp_name(path)
     try:
-        return os.path.getmtime(dst) >= os.path.getmtime(src)
-    except OSError:
+        Image.fromarray(np.round(sal * 255).astype(np.uint8)).save(tmp, format="PNG")
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def is_done(src: str, dst: str, not_before: float | None = None) -> bool:
+    """A map counts as done only when it is whole and current: it is not older than its image
+    (a replaced photo is redone) nor than an ``--overwrite`` of the folder (``not_before``:
+    the stamp's time), it opens as a PNG to its last byte, and it has its image's size."""
+    from dcsp_dist.images import BadImage, upright_size
+    try:
+        made = os.path.getmtime(dst)
+        if made < os.path.getmtime(src) or (not_before is not None and made < not_before):
+            return False
+        with Image.open(dst) as im:
+            if im.format != "PNG":
+                return False
+            im.load()                       # raises on a truncated file
+            size = im.size
+        return size == upright_size(src)
+    except (OSError, ValueError, SyntaxError, EOFError, BadImage):
         return False
 
 
-def _process(overwrite: bool, passes: int, job: tuple, detector=_mb_plus) -> tuple[str, str | None]:
+def _process(overwrite: bool, passes: int, job: tuple, detector=_mb_plus,
+             not_before: float | None = None) -> tuple[str, str | None]:
     """Compute and write one map for job = (image path, map path); ("wrote" | "kept" | "bad",
     the problem line). A detector that fails (a model whose output does not fit) raises,
     naming the image: that ends the run, it is not the image's fault."""
     from dcsp_dist.images import BadImage, read_rgb
     src, dst = job
-    if not overwrite and is_done(src, dst):
+    if not overwrite and is_done(src, dst, not_before):
         return "kept", None
     try:
         rgb = read_rgb(src)
@@ -225,12 +244,18 @@ def _jobs(args) -> tuple[list, str]:
     from data_tools.sources import check_root_and_list, read_id_list
     if args.images:
         return image_jobs(args.images, args.list, args.out_dir), args.out_dir
+    from dcsp_dist.records import id_problem
     problem = check_root_and_list(args.root, args.split_list)
     if problem:
         raise ValueError(problem)
     out_dir = args.out_dir or os.path.join(args.root, "Saliency")
+    ids = read_id_list(args.split_list)
+    for n, image_id in enumerate(ids, 1):
+        why = id_problem(image_id)
+        if why:
+            raise ValueError(f"--split-list {args.split_list}: id {n} {image_id!r}: {why}")
     return [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
-            for i in read_id_list(args.split_list)], out_dir
+            for i in ids], out_dir
 
 
 def _model_detector(args, place):
@@ -252,19 +277,33 @@ def _model_detector(args, place):
 STAMP = ".saliency.json"   # what made the folder's maps (hidden: the folder holds maps only)
 
 
-def check_stamp(out_dir: str, made_by: str, overwrite: bool, place) -> None:
-    """The folder's maps were made by ``made_by``, or none exist yet: rank 0 records it.
-    Maps made by another detector are refused (ValueError) unless --overwrite."""
+def check_stamp(out_dir: str, made_by: str, overwrite: bool, place) -> float | None:
+    """The folder's maps were made by ``made_by``, or none exist yet: rank 0 records it. Maps
+    made by another detector are refused (ValueError) unless --overwrite.
+
+    The stamp never claims maps that are not remade yet: an ``--overwrite`` stamps the folder
+    anew (``remade_from``), and every map older than that stamp is redone by any later run,
+    with or without --overwrite, until it is remade. Returns that time (the stamp's own
+    mtime, on the file server's clock as the maps' are), or None."""
     from dcsp_dist.atomic import write_json
     path = os.path.join(out_dir, STAMP)
-    if os.path.isfile(path) and not overwrite:
-        with open(path) as fh:
-            before = json.load(fh).get("made_by")
-        if before != made_by:
-            raise ValueError(f"--out-dir {out_dir}: its maps were made by {before}, not by {made_by}; pass "
-                             f"--overwrite to remake them, or give another --out-dir")
-    if place.rank == 0:
-        write_json(path, {"made_by": made_by})
+    stamp = None
+    if os.path.isfile(path):
+        try:
+            with open(path) as fh:
+                stamp = json.load(fh)
+        except (OSError, ValueError):
+            stamp = None            # unreadable: rewritten below, every map judged by itself
+    if stamp and not overwrite and stamp.get("made_by") != made_by:
+        raise ValueError(f"--out-dir {out_dir}: its maps were made by {stamp.get('made_by')}, not by {made_by}; "
+                         f"pass --overwrite to remake them, or give another --out-dir")
+    if place.rank == 0 and (overwrite or not stamp):
+        write_json(path, {"made_by": made_by, "remade_from": bool(overwrite)})
+    elif place.rank != 0 and overwrite:
+        return None                 # every map is redone anyway
+    if overwrite or (stamp or {}).get("remade_from"):
+        return os.path.getmtime(path) if os.path.isfile(path) else None
+    return None
 
 
 def main(argv=None) -> int:
@@ -282,7 +321,8 @@ def main(argv=None) -> int:
             detector, made_by, family = None, args.detector, args.detector
         passes = args.passes or DEFAULT_PASSES[family]
         os.makedirs(out_dir, exist_ok=True)
-        check_stamp(out_dir, f"{made_by}, {passes} pass{'es' if passes > 1 else ''}", args.overwrite, place)
+        not_before = check_stamp(out_dir, f"{made_by}, {passes} pass{'es' if passes > 1 else ''}", args.overwrite,
+                                 place)
     except (FileNotFoundError, OSError, ValueError) as exc:
         message = str(exc)
         print(f"error: {message if message.startswith('-') else f'--model {args.model}: {message}'}\n",
@@ -294,9 +334,10 @@ def main(argv=None) -> int:
     bar = dict(total=len(mine), desc=f"saliency {tag}".strip(), unit="img", disable=place.rank != 0)
     try:
         if detector is not None:
-            results = [_process(args.overwrite, passes, job, detector) for job in tqdm(mine, **bar)]
+            results = [_process(args.overwrite, passes, job, detector, not_before) for job in tqdm(mine, **bar)]
         else:
-            work = functools.partial(_process, args.overwrite, passes, detector=DETECTORS[args.detector])
+            work = functools.partial(_process, args.overwrite, passes, detector=DETECTORS[args.detector],
+                                     not_before=not_before)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(args.workers or cores_per_rank(place.local_size), mp_context=ctx) as pool:
                 results = list(tqdm(pool.map(work, mine, chunksize=8), **bar))

@@ -69,9 +69,35 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+_WRITE_GUARDS: list = []
+
+
+def guard_writes(guard) -> None:
+    """Call ``guard(path)`` before every file this process publishes (and before every
+    checkpoint, ``check_writes``): it raises to stop a write, e.g. ``runlock`` when this job
+    lost its run directory to another. ``unguard_writes`` removes it."""
+    _WRITE_GUARDS.append(guard)
+
+
+def unguard_writes(guard) -> None:
+    if guard in _WRITE_GUARDS:
+        _WRITE_GUARDS.remove(guard)
+
+
+def check_writes(path: str) -> None:
+    """Raise if a write guard refuses ``path``."""
+    for guard in list(_WRITE_GUARDS):
+        guard(path)
+
+
 def publish(tmp: str, path: str) -> None:
     """fsync ``tmp``, rename it to ``path``, fsync the directory: after a crash, ``path`` is
-    either the old file or the whole new one."""
+    either the old file or the whole new one. A write guard's refusal removes ``tmp``."""
+    try:
+        check_writes(path)
+    except BaseException:
+        os.remove(tmp)
+        raise
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))

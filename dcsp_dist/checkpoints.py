@@ -154,7 +154,8 @@ def save(manager, step: int) -> str:
 
     import tensorflow as tf
 
-    from dcsp_dist import preemption
+    from dcsp_dist import atomic, preemption
+    atomic.check_writes(os.path.join(manager.directory, f"ckpt-{step}"))   # e.g. the run lock was lost
     try:
         with preemption.critical(f"checkpoint {step}"):   # a signal never cuts a checkpoint short
             path = manager.save(checkpoint_number=step)
@@ -173,9 +174,11 @@ class StageCheckpoints:
     """A training stage's checkpoints (``<stage>/ckpt``): resume-or-initialise, save,
     and the newest one, around ``tf.train.CheckpointManager``."""
 
-    def __init__(self, model, optimizer, directory: str, keep: int):
+    def __init__(self, model, optimizer, directory: str, keep: int, extra: dict | None = None):
+        """``extra``: more variables to save by name (a checkpoint without them restores
+        and leaves them as they are)."""
         self.directory = os.path.join(directory, "ckpt")
-        self.checkpoint = _tf().train.Checkpoint(model=model, optimizer=optimizer)
+        self.checkpoint = _tf().train.Checkpoint(model=model, optimizer=optimizer, **(extra or {}))
         self.keep = keep
         self.manager = None
 

@@ -205,21 +205,39 @@ class RunConfig(_Section):
     require_gpu: str = "auto"
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    # Roll back from a loss spike instead of stopping (dcsp_dist.recovery, docs/divergence.md):
+    # at most recovery_max roll-backs per stage (0: stop at the first non-finite loss), to a
+    # copy of the state kept every recovery_every steps; a spike is a loss above recovery_spike
+    # times the median of the last 50; each roll-back multiplies the stage's rate by
+    # recovery_lr_factor.
+    recovery_max: int = 3
+    recovery_every: int = 50
+    recovery_spike: float = 5.0
+    recovery_lr_factor: float = 0.5
+    # Every this many steps rank 0 records each parameter group's gradient, update and weight
+    # norms and the cue pixels per class (<stage>/diagnostics.jsonl, TensorBoard); 0 = off.
+    diagnostics_every: int = 0
     log_every: int = 20
     image_summary_every: int = 500
     train_split: str = "train"
     val_split: str = "val"
     AT_LEAST = {"checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "image_summary_every": 1,
-                "elastic_commit_every": 1}
-    # Settings that change only what is logged, kept or watched, never what is computed: a
-    # resume may change them, and the stamp on outputs (``Config.stamp``) leaves them out.
+                "elastic_commit_every": 1, "recovery_max": 0, "recovery_every": 1, "diagnostics_every": 0}
+    # Settings that change only what is logged, kept or watched, never what a run that goes as
+    # planned computes (recovery acts only on a spike, which done.json records): a resume may
+    # change them, and the stamp on outputs (``Config.stamp``) leaves them out.
     BOOKKEEPING = ("log_every", "image_summary_every", "checkpoint_every", "keep_checkpoints", "elastic_commit_every",
-                   "stall_timeout", "preempt_signals", "require_gpu")
+                   "stall_timeout", "preempt_signals", "require_gpu", "recovery_max", "recovery_every",
+                   "recovery_spike", "recovery_lr_factor", "diagnostics_every")
     NON_NEGATIVE = ("stall_timeout",)
     CHOICES = {"gradient_compression": ("none", "fp16"), "require_gpu": ("auto", "true", "false")}
 
     def check(self) -> None:
         parse_signals(self.preempt_signals)
+        if not self.recovery_spike > 1:
+            raise ValueError(f"recovery_spike must be > 1 (times the recent loss), not {self.recovery_spike}")
+        if not 0 < self.recovery_lr_factor <= 1:
+            raise ValueError(f"recovery_lr_factor must be in (0, 1], not {self.recovery_lr_factor}")
 
 
 SECTIONS = {"model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
@@ -228,6 +246,9 @@ SECTIONS = {"model": ModelConfig, "input": InputConfig, "optimizer": OptimizerCo
 FLAT = {cls.PREFIX + f.name: (section, f.name)
         for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 BOOKKEEPING = frozenset(RunConfig.PREFIX + name for name in RunConfig.BOOKKEEPING)
+# Settings added since config format v1, with their defaults (``Config.digest``).
+ADDED_SINCE_V1 = {name: getattr(RunConfig(), name) for name in
+                  ("recovery_max", "recovery_every", "recovery_spike", "recovery_lr_factor", "diagnostics_every")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,8 +330,11 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def digest(self) -> str:
-        """16 hex digits over the flat settings (the same as before the config had sections)."""
-        return hashlib.sha256(json.dumps(self.flat(), indent=2, sort_keys=True).encode()).hexdigest()[:16]
+        """16 hex digits over the flat settings, as config format v1 computed it: a setting added
+        since enters only when it differs from its default, so a config's digest stays what
+        it was."""
+        flat = {k: v for k, v in self.flat().items() if not (k in ADDED_SINCE_V1 and v == ADDED_SINCE_V1[k])}
+        return hashlib.sha256(json.dumps(flat, indent=2, sort_keys=True).encode()).hexdigest()[:16]
 
     def stamp(self) -> str:
         """16 hex digits over the settings that change what is computed (``RunConfig.BOOKKEEPING``

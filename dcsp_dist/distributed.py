@@ -367,8 +367,8 @@ class ElasticState(hvd_elastic_common.ObjectState):
     including workers that just joined.
     """
 
-    def __init__(self, model, optimizer, **attributes):
-        self._variables = raw_variables(list(model.variables) + list(optimizer.variables))
+    def __init__(self, model, optimizer, extra=(), **attributes):
+        self._variables = raw_variables(list(model.variables) + list(optimizer.variables) + list(extra))
         self._saved_values = None
         super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, **attributes)
         self._save_variables()

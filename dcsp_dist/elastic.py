@@ -55,7 +55,7 @@ class ElasticWorld:
     def agree_failure(self, failure: str | None) -> str | None:
         return failure
 
-    def sync_state(self, model, optimizer) -> None:
+    def sync_state(self, model, optimizer, extra=()) -> None:
         """The elastic state's sync does it, inside the loop."""
 
     def input_pipeline(self, make_dataset, cfg):
@@ -63,7 +63,7 @@ class ElasticWorld:
         return lambda first, ctx: iter(make_dataset(cfg.per_rank_batch(ctx.size), ctx, first))
 
     def train(self, start: int, inputs, run_steps, run) -> None:
-        state = distributed.ElasticState(run.model, run.optimizer, step=start)
+        state = distributed.ElasticState(run.model, run.optimizer, run.extra_state, step=start)
         calls = []
 
         def on_step(done):

@@ -87,6 +87,17 @@ def read_rgb(path: str, data: bytes | None = None) -> np.ndarray:
             raise BadImage(f"{path}: not a readable image ({_reason(exc)})") from None
 
 
+def upright_size(path: str) -> tuple[int, int]:
+    """(width, height) of the image at ``path`` as ``read_rgb`` returns it (EXIF orientations
+    5-8 turn it a quarter), from its header; BadImage when it cannot be opened."""
+    with _open(path) as im:
+        try:
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+        except (OSError, ValueError, SyntaxError, EOFError):
+            turned = False
+        return (im.height, im.width) if turned else (im.width, im.height)
+
+
 def record_jpeg(path: str) -> tuple[bytes, int, int]:
     """``(jpeg bytes, height, width)`` for a record: a plain upright RGB or grey JPEG keeps its
     bytes as they are; anything else (EXIF-rotated, CMYK, PNG, 16-bit, transparent) is read

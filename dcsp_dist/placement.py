@@ -17,7 +17,9 @@ import re
 _LAUNCHERS = (   # (rank, size, local rank, local size) variables
     ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None),
+    # the step's own task count: a batch script's shell is a step of one task, whatever
+    # SLURM_NTASKS (the job's, e.g. #SBATCH -n 2) says; srun sets the step's variables
+    ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", None),
     ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
 )
 
@@ -35,9 +37,10 @@ class Place:
 
 
 def _slurm_local_size(env) -> int:
-    """Tasks on this node from ``SLURM_TASKS_PER_NODE`` ("2(x3),1") and ``SLURM_NODEID``."""
+    """The step's tasks on this node from ``SLURM_STEP_TASKS_PER_NODE`` ("2(x3),1") and
+    ``SLURM_NODEID``."""
     counts = []
-    for part in env.get("SLURM_TASKS_PER_NODE", "").split(","):
+    for part in env.get("SLURM_STEP_TASKS_PER_NODE", "").split(","):
         m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
         if m:
             counts += [int(m.group(1))] * int(m.group(2) or 1)
@@ -50,6 +53,8 @@ def place(env=None) -> Place:
     when one is set but not a number, or when the rank is outside the size."""
     env = os.environ if env is None else env
     for rank_var, size_var, local_var, local_size_var in _LAUNCHERS:
+        if rank_var == "SLURM_PROCID" and rank_var in env and size_var not in env:
+            return Place()          # a SLURM batch script's own shell (no srun): one process
         if rank_var not in env or size_var not in env:
             continue
         try:

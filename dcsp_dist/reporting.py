@@ -52,8 +52,9 @@ class Reporter:
     only the chief (which may change in an elastic job) writes anything.
     """
 
-    def __init__(self, stage: str, cfg, directory: str, steps: int, schedule, model):
+    def __init__(self, stage: str, cfg, directory: str, steps: int, schedule, model, lr_scale=None):
         self.stage, self.cfg, self.steps, self.schedule, self.model = stage, cfg, steps, schedule, model
+        self.lr_scale = lr_scale          # the trainer's rate multiplier (lowered by a roll-back)
         self.tb_dir = os.path.join(directory, "tb")
         self._writer = None
         self.t0 = time.time()
@@ -88,7 +89,7 @@ class Reporter:
         from dcsp_dist.distributed import log
         now = time.time()
         images_per_sec = (done - self.last_step) * self.cfg.optimizer.global_batch / max(now - self.tick, 1e-9)
-        lr = float(self.schedule(done - 1))
+        lr = self.learning_rate(done)
         eta = (now - self.t0) / max(done - self.first, 1) * (self.steps - done)
         log(f"[{self.stage}] step {done}/{self.steps} ({100 * done / self.steps:.0f}%) loss {result.total:.4f} "
             f"(cls {result.classification:.4f} seg {result.segmentation:.4f} l2 {result.l2:.4f}) lr {lr:.2e} "
@@ -101,5 +102,92 @@ class Reporter:
             tf.summary.scalar("step_time_sec", time.time() - step_start)
         self.tick, self.last_step = now, done
 
+    def learning_rate(self, done: int) -> float:
+        scale = 1.0 if self.lr_scale is None else float(self.lr_scale.numpy())
+        return float(self.schedule(done - 1)) * scale
+
+    def recovery(self, done: int, line: str, lr_scale: float, count: int) -> None:
+        """A roll-back from a spike (``dcsp_dist.recovery``) in TensorBoard (rank 0)."""
+        from dcsp_dist.distributed import context
+        if not context().is_chief:
+            return
+        import tensorflow as tf
+        with self.writer().as_default(step=done):
+            tf.summary.text("recovery", line)
+            tf.summary.scalar("recovery/count", count)
+            tf.summary.scalar("recovery/lr_scale", lr_scale)
+        self.writer().flush()
+
     def flush(self) -> None:
         self.writer().flush()
+
+
+class Diagnostics:
+    """Rank 0's record of what drives a stage's loss (``run.diagnostics_every``), to find why a
+    stage diverges (docs/divergence.md).
+
+    Every step: the rank-averaged loss terms. Every ``diagnostics_every`` steps: for each
+    parameter group (backbone, ASPP, attention head) the norm of rank 0's gradient on its own
+    batch (the step's local gradients, recomputed by the same compiled function without
+    touching the state), of the update it makes (rate x multiplier x gradient) and of its
+    weights; the rate; and each class's share of the batch's cue pixels. Written to
+    ``<stage>/diagnostics.jsonl`` and TensorBoard (``grad_norm/``, ``update_norm/``,
+    ``weight_norm/``)."""
+
+    GROUPS = ("backbone", "aspp", "attention")
+
+    def __init__(self, trainer, cfg, path: str):
+        from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME
+        self.trainer, self.cfg, self.path = trainer, cfg, path
+        self.every = cfg.run.diagnostics_every
+
+        def group(v) -> str:
+            name = v.path
+            if name.startswith(ATTENTION_NAME + "/"):
+                return "attention"
+            return "aspp" if name.split("/")[0] in ASPP_NAMES else "backbone"
+        self.groups = [group(v) for v in trainer.variables]
+
+    def step_done(self, done: int, result, batch) -> None:
+        import json
+
+        import numpy as np
+        record = {"step": done, **result.losses}
+        if done % self.every == 0:
+            record.update(self._norms(done, batch))
+            if "cue" in batch:
+                cue = batch["cue"].numpy().ravel()
+                counts = np.bincount(cue[cue != 255], minlength=self.cfg.model.num_classes)
+                record["cue_share"] = [round(float(c), 5) for c in counts / max(counts.sum(), 1)]
+                record["cue_labelled"] = round(float((cue != 255).mean()), 5)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _norms(self, done: int, batch) -> dict:
+        import numpy as np
+        import tensorflow as tf
+        trainer = self.trainer
+        tensors = ("image", "valid", "tags") + (("cue",) if trainer.use_segmentation else ())
+        _, grads = trainer.local_step({k: batch[k] for k in tensors})
+        lr = float(trainer.schedule(done - 1)) * float(trainer.lr_scale.numpy())
+        sums = {g: {"grad": 0.0, "update": 0.0, "weight": 0.0} for g in self.GROUPS}
+        for g, v, m, name in zip(grads, trainer.variables, trainer.multipliers, self.groups):
+            gn = float(np.sum(np.square(g.numpy().astype(np.float64))))
+            sums[name]["grad"] += gn
+            sums[name]["update"] += gn * (lr * m) ** 2
+            sums[name]["weight"] += float(np.sum(np.square(np.asarray(v.numpy(), np.float64))))
+        out = {"lr": lr}
+        with self._writer().as_default(step=done):
+            for name, parts in sums.items():
+                for kind, value in parts.items():
+                    out[f"{kind}_norm/{name}"] = round(float(np.sqrt(value)), 6)
+                    tf.summary.scalar(f"{kind}_norm/{name}", out[f"{kind}_norm/{name}"])
+        return out
+
+    def _writer(self):
+        if not hasattr(self, "_tb"):
+            import os
+
+            import tensorflow as tf
+            self._tb = tf.summary.create_file_writer(os.path.join(os.path.dirname(self.path), "tb"))
+        return self._tb

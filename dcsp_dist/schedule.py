@@ -27,3 +27,24 @@ class PolyWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.total_steps, "power": self.power,
                 "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="dcsp_dist")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step) * scale``: the stage's rate, lowered after a roll-back from a loss spike
+    (``scale``, a variable saved with the checkpoints; dcsp_dist.recovery). At scale 1 it is
+    ``schedule`` to the bit."""
+
+    def __init__(self, schedule, scale=None):
+        self.schedule, self.scale = schedule, scale
+
+    def __call__(self, step):
+        lr = self.schedule(step)
+        return lr if self.scale is None else lr * tf.cast(self.scale, lr.dtype)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]))

@@ -59,14 +59,20 @@ class StepLoop:
 
     def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None,
                  workdir: str):
+        from dcsp_dist.recovery import Recovery
+        from dcsp_dist.reporting import Diagnostics
         self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
             stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
         self.workdir = workdir
+        self.recovery = Recovery(trainer, cfg.run)
+        self.diagnostics = Diagnostics(trainer, cfg, layout.diagnostics_path(workdir, stage)) \
+            if cfg.run.diagnostics_every else None
 
     def __call__(self, first: int, iterator, ctx, on_step=None, beat=None) -> None:
         """``beat(progress)``, when given, hears 2*step+1 as a step starts and 2*done when it ends."""
         beat = beat or (lambda progress: None)
         self.reporter.begin(first)
+        self.recovery.keep(first)          # a good state from the start, before any checkpoint
         for step in range(first, self.trainer.steps):
             batch = self._next(iterator, ctx)
             beat(2 * step + 1)
@@ -74,13 +80,19 @@ class StepLoop:
             result = self.trainer.step(batch, preemption.requested())
             done = step + 1
             beat(2 * done)
-            self._check_finite(result, done)
+            if ctx.is_chief:               # nothing more is written once the run lock was lost
+                atomic.check_writes(layout.stage_dir(self.workdir, self.stage))
+            spiked = self._judge(result, done)
             self.reporter.step_done(done, result, batch, ctx.is_chief, step_start)
+            if self.diagnostics and ctx.is_chief:
+                self.diagnostics.step_done(done, result, batch)
             stop = result.stop             # some rank was signalled: every rank sees it at this step
             if stop or done % self.cfg.run.checkpoint_every == 0 or done == self.trainer.steps:
-                self._check_state(done)    # every rank: they hold the same weights
+                spiked = self._check_state(done) or spiked   # every rank: they hold the same weights
                 if ctx.is_chief:
                     self._save(done, stop)
+            if not spiked and self.recovery.due(done):
+                self.recovery.keep(done)
             if on_step:
                 on_step(done)
             if stop:
@@ -102,28 +114,48 @@ class StepLoop:
                                    f"({preemption.signal_name() or 'another rank was signalled'}); checkpoint "
                                    f"{self.ckpts.latest}; relaunch the same command to resume")
 
-    def _stopped(self, what: str, done: int) -> FloatingPointError:
-        return FloatingPointError(f"[{self.stage}] {what} at step {done}; stopped. The last good checkpoint "
-                                  f"is kept: {self.ckpts.latest or 'none yet'}")
-
-    def _check_finite(self, result, done: int) -> None:
-        """The step's rank-averaged losses and its gradients' flag (the same on every rank)."""
-        import math
-
+    def _judge(self, result, done: int) -> bool:
+        """A step's rank-averaged losses and gradient flag (the same on every rank): a spike
+        is rolled back from (``dcsp_dist.recovery``); True if it was."""
         from dcsp_dist import distributed
-        if not all(math.isfinite(v) for v in result.losses.values()):
-            raise self._stopped(f"non-finite loss {result.total}", done)
-        if not result.finite:
-            if self.cfg.model.mixed_precision != "float16":
-                raise self._stopped("non-finite gradients (loss finite)", done)
+        if not result.finite and self.cfg.model.mixed_precision == "float16":
             distributed.log(f"[{self.stage}] step {done}: float16 gradients overflowed; step skipped")
+            return False
+        why = self.recovery.judge(result)
+        if why:
+            self._recover(why, result.total, done)
+        return why is not None
 
-    def _check_state(self, done: int) -> None:
+    def _check_state(self, done: int) -> bool:
         """No checkpoint holds a non-finite weight or momentum (finite gradients can still
-        overflow the weights). One compiled pass over the state, at checkpoint steps only."""
+        overflow the weights): rolled back from like a spike. One compiled pass over the
+        state, at checkpoint steps only; True if it rolled back."""
         bad = self.trainer.nonfinite_state()
         if bad:
-            raise self._stopped(f"non-finite values in {bad}", done)
+            self._recover(f"non-finite values in {bad}", float("nan"), done)
+        return bad is not None
+
+    def _recover(self, why: str, loss: float, done: int) -> None:
+        """Every rank rolls back to the last good state, or, past ``run.recovery_max``
+        roll-backs (or with recovery off), saves that state and stops."""
+        from dcsp_dist import distributed
+        recovery = self.recovery
+        if recovery.can_roll_back():
+            event = recovery.roll_back(done, loss, why)
+            line = event.line(self.stage, len(recovery.events), recovery.limit)
+            distributed.log(line)
+            self.reporter.recovery(done, line, event.lr_scale, len(recovery.events))
+            return
+        kept = "none (recovery is off: run.recovery_max=0)"
+        if recovery.good_step is not None:
+            good = recovery.restore_last_good()
+            if distributed.context().is_chief:
+                self.ckpts.save(good)
+            distributed.barrier()       # the last good state is on disk before any rank stops
+            kept = f"{self.ckpts.latest} (step {good})"
+        after = f" after {len(recovery.events)} recoveries" if recovery.events else ""
+        raise FloatingPointError(f"[{self.stage}] {why} at step {done}{after}; stopped. The last good state is "
+                                 f"saved: {kept}")
 
     def _next(self, iterator, ctx):
         import tensorflow as tf
@@ -163,23 +195,24 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
         inputs.data_dir, cfg, per, c.rank, c.size, cue_dir=cue_dir, start_step=first), cfg)
 
     trainer = StageTrainer(stage, cfg)
-    ckpts = checkpoints.StageCheckpoints(trainer.model, trainer.optimizer, directory, cfg.run.keep_checkpoints)
+    ckpts = checkpoints.StageCheckpoints(trainer.model, trainer.optimizer, directory, cfg.run.keep_checkpoints,
+                                         extra={"lr_scale": trainer.lr_scale})
     origin = ckpts.resume_or_initialise(world.reads_shared_state, world.agree_failure,
                                         lambda: _initialise(trainer.model, spec, cfg, workdir),
                                         warn=lambda m: distributed.log(f"[{stage}] {m}"))
     if origin:
         distributed.log(f"[{stage}] {origin}")
-    world.sync_state(trainer.model, trainer.optimizer)
+    world.sync_state(trainer.model, trainer.optimizer, (trainer.lr_scale,))
     start = int(trainer.optimizer.iterations.numpy())
     if start >= trainer.steps:
         distributed.log(f"[{stage}] already at step {start}/{trainer.steps}")
 
-    reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model)
+    reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model, trainer.lr_scale)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
     world.train(start, batches, loop, StageRun(
         stage, trainer.steps, trainer.model, trainer.optimizer, os.path.join(directory, "heartbeat"),
-        cfg.run.stall_timeout, cfg.run.elastic_commit_every, cfg.per_rank_batch))
-    _finish(stage, trainer, ckpts, reporter, world.context, start, workdir, inputs)
+        cfg.run.stall_timeout, cfg.run.elastic_commit_every, cfg.per_rank_batch, (trainer.lr_scale,)))
+    _finish(loop, world.context, start)
     return trainer
 
 
@@ -194,10 +227,11 @@ def _initialise(model, spec, cfg, workdir: str) -> str:
     return f"initialised from {load_initial_weights(model, cfg.model.init_weights)}"
 
 
-def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str, inputs: TrainInputs) -> None:
+def _finish(loop: StepLoop, ctx, start: int) -> None:
     """Check every rank holds the same weights, then rank 0 saves the final checkpoint and
-    writes done.json (with the digest of the records it trained on)."""
+    writes done.json (with the digest of the records it trained on and any roll-backs)."""
     from dcsp_dist import distributed, records
+    stage, trainer, ckpts, reporter, workdir = loop.stage, loop.trainer, loop.ckpts, loop.reporter, loop.workdir
     ranks = distributed.check_weights_in_sync(trainer.model.variables, f"[{stage}] end of stage")
     # Rank 0 prints every rank's gathered digest in one write: lines printed by each rank
     # reach mpirun's output in pieces and can be spliced into one another.
@@ -208,10 +242,11 @@ def _finish(stage: str, trainer, ckpts, reporter, ctx, start: int, workdir: str,
             ckpts.save(max(steps, start))
         reporter.flush()
         directory = layout.stage_dir(workdir, stage)
-        atomic.write_json(layout.done_path(workdir, stage),
-                          {"stage": stage, "steps": steps, "checkpoint": os.path.relpath(ckpts.latest, directory),
-                           "seconds": round(time.time() - reporter.t0, 1), "weights_sha256": ranks[0][0],
-                           "hosts": sorted({h for _, h in ranks}), "records": records.records_digest(inputs.manifest)})
+        done = {"stage": stage, "steps": steps, "checkpoint": os.path.relpath(ckpts.latest, directory),
+                "seconds": round(time.time() - reporter.t0, 1), "weights_sha256": ranks[0][0],
+                "hosts": sorted({h for _, h in ranks}), "records": records.records_digest(loop.inputs.manifest),
+                "recoveries": loop.recovery.record()}
+        atomic.write_json(layout.done_path(workdir, stage), done)
         distributed.log(f"[{stage}] done: {ckpts.latest}")
     distributed.barrier()
 

@@ -53,7 +53,7 @@ class StageTrainer:
         import keras
 
         from dcsp_dist.models import attention_head, parameter_groups
-        from dcsp_dist.schedule import PolyWithWarmup
+        from dcsp_dist.schedule import PolyWithWarmup, ScaledSchedule
 
         self.stage, self.cfg = stage, cfg
         spec, opt = stages.get(stage), cfg.optimizer
@@ -77,7 +77,14 @@ class StageTrainer:
             self.kernels = groups.conv_kernels if train_backbone else groups.head_kernels
         self.variables, self.multipliers = variables, multipliers
         self.schedule = PolyWithWarmup(cfg.learning_rate(stage), self.steps, cfg.optimizer.poly_power, cfg.optimizer.warmup_steps)
-        self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=cfg.optimizer.momentum)
+        # The stage's learning rate relative to its schedule: lowered by a roll-back from a loss
+        # spike (dcsp_dist.recovery), saved in the checkpoints, 1 in a run that never spikes. It
+        # scales the rate, not the gradients: the rate times 1.0 is the same number, while a
+        # product more on the gradients changed how the update was fused and rounded.
+        import tensorflow as tf
+        self.lr_scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="lr_scale")
+        self.optimizer = keras.optimizers.SGD(learning_rate=ScaledSchedule(self.schedule, self.lr_scale),
+                                              momentum=cfg.optimizer.momentum)
         self.optimizer.build(self.variables)
         self.step = self._make_step()
         self._state_finite = None
@@ -125,6 +132,7 @@ class StageTrainer:
                 grads = tape.gradient(scaled_total, distributed.raw_variables(variables))
             return tf.stack([total, cls, tf.cast(seg, tf.float32), l2]), grads
 
+        self.local_step = local_step     # rank-local loss terms and gradients, no update (diagnostics)
         return self._make_train_step(local_step, loss_scale)
 
     def _make_train_step(self, local_step, loss_scale: float):

@@ -46,6 +46,7 @@ import time
 from dcsp_dist.console import say
 
 EXIT_STALLED = 76
+FRESH_SECONDS = 1.0      # a finished step is written at once when the heartbeat file is older than this
 SUSPENDED_AFTER = 3      # a gap of this many intervals between two checks: the watchdog itself was stopped
 
 
@@ -68,6 +69,7 @@ class Watchdog:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.progress, self.beats = 0, 0
         self._exit, self._clock = exit, clock
+        self._write_lock, self._written = threading.Lock(), 0.0
         self._stop = threading.Event()
         self._seen: dict[int, tuple] = {}          # rank -> (beat, progress) last read
         self._changed: dict[int, float] = {}       # rank -> when its file last changed (our clock)
@@ -94,19 +96,25 @@ class Watchdog:
         self._write(finished=True)
 
     def beat(self, progress: int) -> None:
+        """The rank's progress; a finished step is also written at once when the file is
+        over a second old, so that a stall names the step the rank really reached."""
         self.progress = progress
+        if progress % 2 == 0 and self._clock() - self._written >= FRESH_SECONDS:
+            self._write()
 
     def _write(self, finished: bool = False) -> None:
-        self.beats += 1
-        record = {"token": self.token, "rank": self.rank, "host": self.host, "pid": self.pid,
-                  "beat": self.beats, "progress": self.progress, "finished": finished}
-        tmp = f"{self.path(self.rank)}.{self.host}.{self.pid}.tmp"
-        try:
-            with open(tmp, "w") as fh:
-                json.dump(record, fh)
-            os.replace(tmp, self.path(self.rank))
-        except OSError:
-            pass                   # a full or flaky disk: the others see no change, as for a stall
+        with self._write_lock:
+            self.beats += 1
+            self._written = self._clock()
+            record = {"token": self.token, "rank": self.rank, "host": self.host, "pid": self.pid,
+                      "beat": self.beats, "progress": self.progress, "finished": finished}
+            tmp = f"{self.path(self.rank)}.{self.host}.{self.pid}.tmp"
+            try:
+                with open(tmp, "w") as fh:
+                    json.dump(record, fh)
+                os.replace(tmp, self.path(self.rank))
+            except OSError:
+                pass               # a full or flaky disk: the others see no change, as for a stall
 
     def _read(self, rank: int) -> dict | None:
         try:
@@ -142,8 +150,8 @@ class Watchdog:
         stalled = self.check(self.interval * 2)
         if not stalled:
             return None
-        return "; ".join(f"rank {rec['rank']} (host {rec.get('host', '?')}, pid {rec.get('pid', '?')}) {why}, last at "
-                         f"{_where(rec.get('progress'))}" for rec, why in stalled)
+        return "; ".join(f"rank {rec['rank']} (host {rec.get('host', '?')}, pid {rec.get('pid', '?')}) {why}, "
+                         f"{_last_report(rec)}" for rec, why in stalled)
 
     def check(self, timeout: float | None = None) -> list[tuple[dict, str]]:
         """Read every rank's file once; the ranks stalled for ``timeout`` seconds (default:
@@ -180,16 +188,22 @@ class Watchdog:
         if self.rank != reporter:
             return
         parts = [f"rank {rec['rank']} (host {rec.get('host', '?')}, pid {rec.get('pid', '?')}) stalled: {why}, "
-                 f"last at {_where(rec.get('progress'))}" for rec, why in stalled]
+                 f"{_last_report(rec)}" for rec, why in stalled]
         say(f"dcsp_dist: error: {'; '.join(parts)}; ending the job (stall_timeout={self.timeout:g} s, "
             f"exit {EXIT_STALLED})", err=True)
 
 
 def _where(progress) -> str:
-    if progress is None:
-        return "no heartbeat ever"
     step, inside = divmod(progress, 2)
     return f"step {step + 1} (in its collective)" if inside else f"step {step} done"
+
+
+def _last_report(record: dict) -> str:
+    """What the rank's last heartbeat said: its progress when written (a heartbeat is written
+    every interval, so a rank that went on before it stopped may be further than this)."""
+    if record.get("progress") is None:
+        return "never heard from"
+    return f"its last heartbeat reported {_where(record['progress'])}"
 
 
 @contextlib.contextmanager

@@ -19,6 +19,11 @@ def stage_dir(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage)
 
 
+def diagnostics_path(workdir: str, stage: str) -> str:
+    """Rank 0's training diagnostics (``run.diagnostics_every``), one JSON object per line."""
+    return os.path.join(stage_dir(workdir, stage), "diagnostics.jsonl")
+
+
 def done_path(workdir: str, stage: str) -> str:
     return os.path.join(stage_dir(workdir, stage), "done.json")
 

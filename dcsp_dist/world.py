@@ -31,6 +31,7 @@ class StageRun:
     stall_timeout: float          # fixed: seconds without a step before a stalled rank ends the job
     commit_every: int             # elastic: steps between commits
     per_rank_batch: typing.Callable[[int], int]   # elastic: images per rank for a world size
+    extra_state: tuple = ()       # both: variables beside model and optimizer that every rank holds alike
 
 
 # The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name.
@@ -101,9 +102,10 @@ class FixedWorld:
         """Rank 0's failure (one line, or None), on every rank."""
         return distributed.broadcast_object(failure)
 
-    def sync_state(self, model, optimizer) -> None:
-        """Rank 0's weights, optimizer slots and step (optimizer.iterations) to every rank."""
-        distributed.broadcast_state(model, optimizer)
+    def sync_state(self, model, optimizer, extra=()) -> None:
+        """Rank 0's weights, optimizer slots, step (optimizer.iterations) and ``extra``
+        variables to every rank."""
+        distributed.broadcast_state(model, optimizer, extra)
 
     def input_pipeline(self, make_dataset, cfg):
         """``(first_step, ctx) -> iterator`` over this rank's batches. A fixed world builds

@@ -83,6 +83,9 @@ from_caller() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$CALLER_
 # job_command: fills JOB with the python command line for this job.
 job_command() {
   [[ -n "$PYTHON" ]] || { [[ -x "$REPO_DIR/.venv/bin/python" ]] && PYTHON="$REPO_DIR/.venv/bin/python" || PYTHON=python3; }
+  # Horovod's launcher, ending with the ranks' status (75 when stopped resumably) and one line
+  # instead of its traceback (launch/horovodrun.py)
+  HOROVODRUN=("$PYTHON" "$LAUNCH_DIR/horovodrun.py")
   if [[ "$ENTRY" == saliency ]]; then   # each rank takes its share of the images (data_tools.saliency)
     ((${#EXTRA[@]})) || die "--saliency: give data_tools.saliency's flags after --, e.g. -- --images DIR --out-dir DIR"
     JOB=("$PYTHON" -m data_tools.saliency "${EXTRA[@]}")

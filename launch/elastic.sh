@@ -80,8 +80,7 @@ elif [[ -n "$STAGE" && " $TRAINING_NAMES " != *" $STAGE "* ]]; then
   die "--stage $STAGE: elastic jobs run one training stage at a time (${TRAINING_NAMES// /, }); run the cue stages with launch/local.sh or launch/multinode.sh"
 fi
 job_command
-HVD="$(dirname "$PYTHON")/horovodrun"; [[ -x "$HVD" ]] || HVD=horovodrun
-cmd=("$HVD" --gloo -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" --host-discovery-script "$DISCOVERY")
+cmd=("${HOROVODRUN[@]}" --gloo -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" --host-discovery-script "$DISCOVERY")
 [[ -n "$SLOTS" ]] && cmd+=(--slots "$SLOTS")
 ((${#COOLDOWN[@]})) && cmd+=(--blacklist-cooldown-range "${COOLDOWN[@]}")
 [[ -n "$NIC" ]] && cmd+=(--network-interface "$NIC")

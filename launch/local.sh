@@ -29,5 +29,4 @@ if [[ -z "$NP" ]]; then
 fi
 [[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "-n $NP: expected a positive integer"
 job_command
-HVD="$(dirname "$PYTHON")/horovodrun"; [[ -x "$HVD" ]] || HVD=horovodrun
-run_or_print "$HVD" "$CONTROLLER" -np "$NP" -H "localhost:$NP" "${JOB[@]}"
+run_or_print "${HOROVODRUN[@]}" "$CONTROLLER" -np "$NP" -H "localhost:$NP" "${JOB[@]}"

@@ -43,8 +43,7 @@ if [[ -z "$NP" ]]; then NP=$SLOTS; fi
 positive_int -n "$NP"
 ((NP <= SLOTS)) || die "-n $NP: more processes than the $SLOTS slots of the hosts"
 job_command
-HVD="$(dirname "$PYTHON")/horovodrun"; [[ -x "$HVD" ]] || HVD=horovodrun
-cmd=("$HVD" "$CONTROLLER" -np "$NP")
+cmd=("${HOROVODRUN[@]}" "$CONTROLLER" -np "$NP")
 if [[ -n "$HOSTS" ]]; then cmd+=(-H "$HOSTS"); else cmd+=(--hostfile "$HOSTFILE"); fi
 [[ -n "$NIC" ]] && cmd+=(--network-interface "$NIC")
 [[ -n "$SSH_PORT" ]] && cmd+=(--ssh-port "$SSH_PORT")

@@ -1,3 +1,4 @@
+import os
 
 import keras
 import numpy as np
@@ -212,3 +213,24 @@ def test_atrous_conv_equals_dilated_conv2d(size, dilation):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     if size == (15, 15):   # DeepLab's rates on the demo's maps: 18 and 24 reach only with the centre tap
         assert len(tap_offsets(dilation, *size)) == {6: 9, 12: 9, 18: 1, 24: 1}[dilation]
+
+
+def test_weights_are_read_by_content_whatever_the_name(tmp_path):
+    """A zip saved under a .npy name (or .NPZ) loads as the dict it holds; an .npy array
+    under an .npz name, and a damaged zip, are one line (an NpzFile's .shape was an
+    AttributeError traceback on every rank)."""
+    weights = {"conv1": {"weights": np.ones((3, 3, 3, 4), np.float32)}}
+    npz = tmp_path / "w.npz"
+    write_caffe_file(weights, str(npz))
+    for name in ("w_zip.npy", "w.NPZ"):
+        (tmp_path / name).write_bytes(npz.read_bytes())
+        got = read_caffe_file(str(tmp_path / name))
+        assert set(got) == {"conv1"} and got["conv1"]["weights"].shape == (3, 3, 3, 4)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())
+    with pytest.raises(ValueError, match="expected a dict of layers"):
+        read_caffe_file(str(tmp_path / "array.npz"))
+    (tmp_path / "cut.npz").write_bytes(npz.read_bytes()[:60])
+    with pytest.raises(ValueError, match="cut.npz: not a readable .npy or .npz|cut.npz: entry"):
+        read_caffe_file(str(tmp_path / "cut.npz"))
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

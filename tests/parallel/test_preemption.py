@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.hvd import HOROVODRUN, ROOT, run_ranks, spawned_workers
 from tests.parallel.test_elastic import _watch, _worker_pids
 
@@ -172,3 +174,47 @@ def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_p
     resumed = subprocess.run([sys.executable, *flags], cwd=ROOT, env=_env(), capture_output=True, text=True,
                              timeout=900)
     assert resumed.returncode == 0 and f"resuming from {ckpt_dir}/ckpt-{step}" in resumed.stdout, resumed.stdout[-2000:]
+
+
+def _rank_pids(workdir, rank):
+    """This job's processes of ``rank`` under Horovod's Gloo (HOROVOD_RANK) or Open MPI."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            env = dict(e.split(b"=", 1) for e in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in e)
+        except OSError:
+            continue
+        mine = env.get(b"HOROVOD_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
+        if b"dcsp_dist.train" in cmd and str(workdir).encode() in cmd and mine == str(rank).encode():
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.parametrize("controller", [[], ["--mpi"]], ids=["gloo", "mpi"])
+def test_a_job_preempted_under_the_horovodrun_launchers_ends_75_with_one_line(synth_records, tmp_path, controller):
+    """launch/local.sh (horovodrun, Gloo or MPI): after the ranks checkpoint and exit 75,
+    the launcher ends 75 too, with one line and no traceback of Horovod's launcher."""
+    workdir = tmp_path / "run"
+    cmd = [os.path.join(ROOT, "launch", "local.sh"), "-n", "2", *controller, "--stage", "attention", "--config",
+           "tiny_test", "--data", str(synth_records), "--workdir", str(workdir), "--", *FLAGS[6:]]
+    env = dict(_env(), PYTHON=sys.executable)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out = _watch(proc, 10, lambda step: [os.kill(pid, signal.SIGUSR1) for pid in _rank_pids(workdir, 1)])
+    assert proc.returncode == 75, out[-3000:]
+    assert "Traceback" not in out and "mpirun detected" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("horovodrun: the job stopped resumably"), out[-3000:]
+    assert re.search(r"preempted at step \d+/40", out) and (workdir / "preempted.json").exists()
+
+
+def test_a_failed_rank_under_the_horovodrun_launcher_ends_with_its_own_line(synth_records, tmp_path):
+    cmd = [os.path.join(ROOT, "launch", "local.sh"), "-n", "2", "--stage", "attention", "--config", "tiny_test",
+           "--data", str(tmp_path / "no-records"), "--workdir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(_env(), PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("horovodrun: rank ") and "exited with status 1: error: " in last and "no-records" in last, \
+        out[-3000:]
