@@ -13,9 +13,11 @@ SYNTH     ?=
 setup:
 	@GPU=$(GPU) bash scripts/setup.sh
 
-# ruff, pinned in requirements.txt, configured in pyproject.toml.
+# ruff, pinned in requirements.txt, configured in pyproject.toml; then the architecture's
+# import contracts (scripts/check_imports.py, docs/architecture.md).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) scripts/check_imports.py
 
 test: setup lint
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -rs -p no:cacheprovider --durations=20 tests

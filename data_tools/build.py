@@ -28,11 +28,11 @@ import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from tqdm import tqdm
-
 from data_tools.sources import ROLES, SOURCES, Source, SourceError, VocSource, role_for_split
 from dcsp_dist import records
-from dcsp_dist.atomic import check_writable_dir, publish, temp_name, write_json
+from dcsp_dist.atomic import check_writable_dir, publish, temp_name
+from dcsp_dist.console import say
+from dcsp_dist.progress import progress as progress_of
 
 DEFAULT_SHARDS = 64
 LARGE_SPLIT = 32768
@@ -134,8 +134,9 @@ def write_shards(the_plan: Plan, source: Source, out: str, skip_bad: bool, worke
     try:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
             results = pool.map(functools.partial(source.load, role=the_plan.role), the_plan.keys, chunksize=8)
-            for position, item in enumerate(tqdm(results, total=len(the_plan.ids), disable=not progress,
-                                                 desc=f"build {the_plan.split}", unit="img")):
+            bar = progress_of(len(the_plan.ids), f"build {the_plan.split}", enabled=progress)
+            for position, item in enumerate(results):
+                bar.update()
                 if item.get("skip"):   # left out by the source's rule (e.g. COCO, no annotations)
                     done.skipped.append({"id": item["id"], "reasons": [item["skip"]]})
                     continue
@@ -154,12 +155,14 @@ def write_shards(the_plan: Plan, source: Source, out: str, skip_bad: bool, worke
                 done.counts[shard] += 1
                 done.have_saliency += item["saliency_png"] is not None
                 done.have_mask += item["mask_png"] is not None
+            bar.close()
         _close(writers)
         if problems and not skip_bad:
             raise BuildError(problems)
         if done.total == 0:
             raise BuildError(problems + [f"split {the_plan.split}: no usable examples"])
-        print("".join(f"bad: {p} (skipped)\n" for p in problems), end="", file=sys.stderr, flush=True)
+        if problems:
+            say("\n".join(f"bad: {p} (skipped)" for p in problems), err=True)
     except BaseException:
         _close(writers)
         for t in done.tmp:
@@ -190,20 +193,56 @@ def publish_split(the_plan: Plan, done: Written, out: str, source: Source) -> di
         "source_root": os.path.abspath(source.root), "skipped": len(done.skipped),
     }
     stale = _earlier_shards(out, the_plan.split)
-    for t, name in kept:
-        publish(t, os.path.join(out, name))          # fsync, rename, fsync the directory
-    for t in done.tmp:                                # the planned shards that stayed empty
-        if os.path.exists(t):
-            os.remove(t)
-    if done.skipped:
-        write_json(os.path.join(out, f"{the_plan.split}.skipped.json"),
-                   {"split": the_plan.split, "skipped": done.skipped})
-    write_json(records.manifest_path(out, the_plan.split), manifest)
+    # Everything that takes space is written first, under temporary names (the manifest too):
+    # a full disk then fails before any shard of the split is replaced. Then only renames.
+    staged = [(t, os.path.join(out, name)) for t, name in kept]
+    try:
+        if done.skipped:
+            staged.append(_stage_json(os.path.join(out, f"{the_plan.split}.skipped.json"),
+                                      {"split": the_plan.split, "skipped": done.skipped}))
+        staged.append(_stage_json(records.manifest_path(out, the_plan.split), manifest))
+    except OSError:
+        _remove(done.tmp + [t for t, _ in staged])
+        raise
+    replaced = 0
+    try:
+        for tmp, path in staged:
+            publish(tmp, path)                        # fsync, rename, fsync the directory
+            replaced += tmp in done.tmp
+    except OSError as exc:
+        _remove(done.tmp + [t for t, _ in staged])
+        if not replaced:
+            raise
+        raise PartialPublish(f"publishing split {the_plan.split} in {out} failed after {replaced} of {len(kept)} "
+                             f"shards were replaced ({exc}); the split is incomplete: build it again") from None
+    _remove(done.tmp)                                 # the planned shards that stayed empty
     for name in stale - {name for _, name in kept}:
         path = os.path.join(out, name)
         if os.path.exists(path):
             os.remove(path)
     return manifest
+
+
+class PartialPublish(OSError):
+    """Some shards of a split were replaced before publishing failed: the split must be rebuilt."""
+
+
+def _stage_json(path: str, obj) -> tuple[str, str]:
+    """``obj`` written in full to a temporary name beside ``path``; (temporary, path)."""
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
+    except OSError:
+        _remove([tmp])
+        raise
+    return tmp, path
+
+
+def _remove(paths) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def _earlier_shards(out: str, split: str) -> set:
@@ -289,6 +328,9 @@ def main(argv=None) -> int:
     except ValueError as exc:   # an --out that cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PartialPublish as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:      # e.g. a full disk while writing: the earlier records stay as they were
         print(f"error: writing split {split} to {args.out} failed: {exc}; nothing was replaced", file=sys.stderr)
         return 1

@@ -43,6 +43,8 @@ import sys
 import tarfile
 import tempfile
 
+from dcsp_dist.errors import UserError, first_line
+
 IMGLY_PACKAGE = "@imgly/background-removal-data"
 IMGLY_VERSION = "1.4.5"
 IMGLY_CDN = f"https://staticimgly.com/{IMGLY_PACKAGE}/{IMGLY_VERSION}/dist/"
@@ -55,7 +57,7 @@ IMGLY_LICENCE = ("IS-Net (xuebinqin/DIS): MIT; packaged by IMG.LY in @imgly/back
 REMBG_RELEASE = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that cannot be had: one line naming it, what was tried and what to do."""
 
 
@@ -202,18 +204,17 @@ def fetch(model: Model | str, cache: str | None = None, progress: bool = True) -
             return found
         failures = []
         for source in model.sources:
+            if progress and not sys.stderr.isatty():
+                from dcsp_dist.console import say
+                say(f"fetching model {model.name} ({model.size / 1e6:.1f} MB) from {source.describe()}"
+                    if model.size else f"fetching model {model.name} from {source.describe()}", err=True)
             try:
                 return _from(source, model, cache, progress)
             except Exception as exc:   # pooch/requests/tarfile raise many kinds; each is one line here
-                failures.append(f"{source.describe()}: {_first_line(exc)}")
+                failures.append(f"{source.describe()}: {first_line(exc)}")
     raise ModelError(f"model {model.name}: no source answered ({'; '.join(failures)}); download it by hand and "
                      f"put it at {os.path.join(cache, model.file)} (its {model.hash.split(':')[0]} must be "
                      f"{model.hash.split(':')[1]})")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _from(source, model: Model, cache: str, progress: bool) -> str:
@@ -221,18 +222,24 @@ def _from(source, model: Model, cache: str, progress: bool) -> str:
     target = os.path.join(cache, model.file)
     if isinstance(source, Url):   # pooch: temporary name, hash checked, then moved into place
         path = pooch.retrieve(source.url, known_hash=model.hash, fname=_inside(cache, model.file), path=cache,
-                              progressbar=progress)
+                              progressbar=_bar(progress))
         os.chmod(path, _shared_mode())
         return path
     with tempfile.TemporaryDirectory(dir=cache, prefix=_work_prefix(model)) as work:
         if source.tarball:
             url, known = source.tarball
-            tgz = pooch.retrieve(url, known_hash=known, fname="package.tgz", path=work, progressbar=progress)
+            tgz = pooch.retrieve(url, known_hash=known, fname="package.tgz", path=work, progressbar=_bar(progress))
             chunks = _tarball_chunks(tgz, source.resource, model)
         else:
             chunks = _cdn_chunks(source, work, progress, model)
         _assemble(chunks, target, model)
     return target
+
+
+def _bar(progress: bool) -> bool:
+    """pooch's tqdm bar on a terminal only: under a launcher (horovodrun, mpirun, srun) its
+    carriage returns pile up into one growing line; there one line says what is fetched."""
+    return progress and sys.stderr.isatty()
 
 
 def _inside(folder: str, name: str) -> str:
@@ -295,7 +302,7 @@ def _cdn_chunks(source: NpmChunks, work: str, progress: bool, model: Model):
             raise ModelError(f"{source.base}resources.json is not JSON ({exc})") from None
     for chunk in _resource(index, source.resource, source.base, model):
         path = pooch.retrieve(source.base + chunk["hash"], known_hash="sha256:" + chunk["hash"],
-                              fname=_inside(work, chunk["hash"]), path=work, progressbar=progress)
+                              fname=_inside(work, chunk["hash"]), path=work, progressbar=_bar(progress))
         with open(path, "rb") as fh:
             yield chunk, fh.read()
         os.remove(path)

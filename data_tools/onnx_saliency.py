@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from dcsp_dist.errors import UserError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DYNAMIC_SIZE = (320, 320)
 
@@ -50,7 +52,7 @@ PRESETS = {
 }
 
 
-class OnnxError(ValueError):
+class OnnxError(UserError):
     """An ONNX file that cannot be used; one line naming it and what was expected."""
 
 
@@ -156,14 +158,14 @@ def convention_from(preset: str, size: str | None = None, mean: str | None = Non
                     minmax: bool | None = None) -> Convention:
     """A preset with the explicit flags laid over it; ValueError naming the flag when bad."""
     if preset not in PRESETS:
-        raise ValueError(f"--model-preset {preset}: choose one of {', '.join(PRESETS)}")
+        raise UserError(f"--model-preset {preset}: choose one of {', '.join(PRESETS)}")
     changes: dict = {}
     if size:
         try:
             h, w = (int(v) for v in size.lower().split("x"))
             assert h > 0 and w > 0
         except (ValueError, AssertionError):
-            raise ValueError(f"--input-size {size}: expected HxW, e.g. 320x320") from None
+            raise UserError(f"--input-size {size}: expected HxW, e.g. 320x320") from None
         changes["size"] = (h, w)
     for flag, name, value in (("--mean", "mean", mean), ("--std", "std", std)):
         if value:
@@ -171,7 +173,7 @@ def convention_from(preset: str, size: str | None = None, mean: str | None = Non
                 triple = tuple(float(v) for v in value.split(","))
                 assert len(triple) == 3
             except (ValueError, AssertionError):
-                raise ValueError(f"{flag} {value}: expected three numbers, R,G,B") from None
+                raise UserError(f"{flag} {value}: expected three numbers, R,G,B") from None
             changes[name] = triple
     if input_range:
         changes["scale"] = input_range

@@ -41,6 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageFilter
 
+from dcsp_dist.errors import UserError
 from dcsp_dist.placement import cores_per_rank
 
 SIZE = (224, 224)                  # DHSNet's input (height, width); the default
@@ -180,7 +181,7 @@ def _process(overwrite: bool, passes: int, job: tuple, detector=_mb_plus,
     try:
         sal = hierarchical_saliency(rgb, detector, passes)
     except ValueError as exc:
-        raise ValueError(f"{src}: {exc}") from None
+        raise UserError(f"{src}: {exc}") from None
     _write_png(sal, dst)
     return "wrote", None
 
@@ -247,13 +248,13 @@ def _jobs(args) -> tuple[list, str]:
     from dcsp_dist.records import id_problem
     problem = check_root_and_list(args.root, args.split_list)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     out_dir = args.out_dir or os.path.join(args.root, "Saliency")
     ids = read_id_list(args.split_list)
     for n, image_id in enumerate(ids, 1):
         why = id_problem(image_id)
         if why:
-            raise ValueError(f"--split-list {args.split_list}: id {n} {image_id!r}: {why}")
+            raise UserError(f"--split-list {args.split_list}: id {n} {image_id!r}: {why}")
     return [(os.path.join(args.root, "JPEGImages", i + ".jpg"), os.path.join(out_dir, i + ".png"))
             for i in ids], out_dir
 
@@ -295,7 +296,7 @@ def check_stamp(out_dir: str, made_by: str, overwrite: bool, place) -> float | N
         except (OSError, ValueError):
             stamp = None            # unreadable: rewritten below, every map judged by itself
     if stamp and not overwrite and stamp.get("made_by") != made_by:
-        raise ValueError(f"--out-dir {out_dir}: its maps were made by {stamp.get('made_by')}, not by {made_by}; "
+        raise UserError(f"--out-dir {out_dir}: its maps were made by {stamp.get('made_by')}, not by {made_by}; "
                          f"pass --overwrite to remake them, or give another --out-dir")
     if place.rank == 0 and (overwrite or not stamp):
         write_json(path, {"made_by": made_by, "remade_from": bool(overwrite)})
@@ -307,9 +308,9 @@ def check_stamp(out_dir: str, made_by: str, overwrite: bool, place) -> float | N
 
 
 def main(argv=None) -> int:
-    from tqdm import tqdm
-
+    from dcsp_dist.console import say
     from dcsp_dist.placement import place as launch_place
+    from dcsp_dist.progress import progress
     args = parse_args(argv)
     try:
         place = launch_place()
@@ -325,30 +326,38 @@ def main(argv=None) -> int:
                                  place)
     except (FileNotFoundError, OSError, ValueError) as exc:
         message = str(exc)
-        print(f"error: {message if message.startswith('-') else f'--model {args.model}: {message}'}\n",
-              end="", file=sys.stderr, flush=True)
+        say(f"error: {message if message.startswith('-') else f'--model {args.model}: {message}'}", err=True)
         return 2
     mine = place.share(jobs)
     tag = f"rank {place.rank} of {place.size} on {socket.gethostname()}: " if place.size > 1 else ""
     start = time.perf_counter()
-    bar = dict(total=len(mine), desc=f"saliency {tag}".strip(), unit="img", disable=place.rank != 0)
+    # Progress through dcsp_dist.progress: a bar on a terminal, whole lines under a launcher
+    # (horovodrun, mpirun and srun tag each line; a bar's carriage returns would pile up).
+    bar = progress(len(mine), f"saliency {tag}".strip().rstrip(":"), enabled=place.rank == 0)
+    results = []
     try:
         if detector is not None:
-            results = [_process(args.overwrite, passes, job, detector, not_before) for job in tqdm(mine, **bar)]
+            for job in mine:
+                results.append(_process(args.overwrite, passes, job, detector, not_before))
+                bar.update()
         else:
             work = functools.partial(_process, args.overwrite, passes, detector=DETECTORS[args.detector],
                                      not_before=not_before)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(args.workers or cores_per_rank(place.local_size), mp_context=ctx) as pool:
-                results = list(tqdm(pool.map(work, mine, chunksize=8), **bar))
+                for result in pool.map(work, mine, chunksize=8):
+                    results.append(result)
+                    bar.update()
+        bar.close()
     except ValueError as exc:    # the detector failed on an image: the model does not fit
-        print(f"error: {exc}\n", end="", file=sys.stderr, flush=True)
+        say(f"error: {exc}", err=True)
         return 2
     counts = {k: sum(1 for r, _ in results if r == k) for k in ("wrote", "kept", "bad")}
-    print("".join(f"bad: {p}\n" for r, p in results if r == "bad"), end="", file=sys.stderr, flush=True)
-    print(f"[saliency] {tag}wrote {counts['wrote']}, kept {counts['kept']} already done, {counts['bad']} bad, of "
-          f"{len(mine)} images ({len(jobs)} in all) in {out_dir}, {time.perf_counter() - start:.1f} s\n",
-          end="", flush=True)
+    bad = [p for r, p in results if r == "bad"]
+    if bad:
+        say("\n".join(f"bad: {p}" for p in bad), err=True)
+    say(f"[saliency] {tag}wrote {counts['wrote']}, kept {counts['kept']} already done, {counts['bad']} bad, of "
+        f"{len(mine)} images ({len(jobs)} in all) in {out_dir}, {time.perf_counter() - start:.1f} s")
     return 1 if counts["bad"] else 0
 
 

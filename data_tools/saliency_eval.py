@@ -24,6 +24,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from dcsp_dist.errors import UserError
+
 EPS = np.finfo(np.float64).eps
 
 
@@ -111,19 +113,19 @@ def evaluate(saliency_dir: str, masks_dir: str) -> dict:
     """{stem: scores} for every mask with a map, plus "mean"; ValueError naming what is missing."""
     for flag, path in (("--saliency", saliency_dir), ("--masks", masks_dir)):
         if not os.path.isdir(path):
-            raise ValueError(f"{flag} {path}: no such directory")
+            raise UserError(f"{flag} {path}: no such directory")
     stems = sorted(os.path.splitext(n)[0] for n in os.listdir(masks_dir) if n.lower().endswith(".png"))
     if not stems:
-        raise ValueError(f"--masks {masks_dir}: no .png masks there")
+        raise UserError(f"--masks {masks_dir}: no .png masks there")
     missing = [s for s in stems if not os.path.isfile(os.path.join(saliency_dir, s + ".png"))]
     if missing:
-        raise ValueError(f"--saliency {saliency_dir}: no map for {len(missing)} mask(s), e.g. {missing[0]}.png")
+        raise UserError(f"--saliency {saliency_dir}: no map for {len(missing)} mask(s), e.g. {missing[0]}.png")
     out = {}
     for stem in stems:
         sal = np.asarray(Image.open(os.path.join(saliency_dir, stem + ".png")).convert("L"), np.float64) / 255
         mask = np.asarray(Image.open(os.path.join(masks_dir, stem + ".png")))
         if sal.shape != mask.shape:
-            raise ValueError(f"{saliency_dir}/{stem}.png is {sal.shape[1]}x{sal.shape[0]}, its mask "
+            raise UserError(f"{saliency_dir}/{stem}.png is {sal.shape[1]}x{sal.shape[0]}, its mask "
                              f"{mask.shape[1]}x{mask.shape[0]}")
         out[stem] = scores(sal, mask)
     out["mean"] = {k: float(np.mean([out[s][k] for s in stems])) for k in out[stems[0]]}

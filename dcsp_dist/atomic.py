@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+from dcsp_dist.errors import UserError, first_line
+
 
 def write_json(path: str, obj) -> None:
     """Write JSON atomically and durably (temporary name, fsync, rename)."""
@@ -34,7 +36,7 @@ def read_json(path: str, what: str = "state file") -> dict:
             raise ValueError("empty")
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what} {path} is unreadable ({str(exc).splitlines()[0][:120]}); "
+        raise UserError(f"{what} {path} is unreadable ({first_line(exc, 120)}); "
                          f"delete it to redo what it records") from None
 
 
@@ -111,17 +113,17 @@ def check_writable_dir(path: str, flag: str) -> None:
     import tempfile
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} exists and is not a directory")
+        raise UserError(f"{flag} {path} exists and is not a directory")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(f"{flag} {path}: {existing} is not a directory")
+        raise UserError(f"{flag} {path}: {existing} is not a directory")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".dcsp-write-probe-"):
             pass
     except OSError as exc:
-        raise ValueError(f"{flag} {path}: cannot write in {existing} ({exc.strerror})") from None
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({exc.strerror})") from None
 
 
 # ----------------------------------------------------------------------------- output directories
@@ -129,7 +131,7 @@ def check_replaceable(out: str, marker: str, flag: str = "--out") -> None:
     """``out`` will be replaced as a whole when the job completes: refuse (one line) a
     non-empty directory that this kind of job did not write (it has no ``marker``)."""
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, marker)):
-        raise ValueError(f"{flag} {out} holds files this job did not write (no {marker}); it would be replaced "
+        raise UserError(f"{flag} {out} holds files this job did not write (no {marker}); it would be replaced "
                          f"as a whole: give a new or empty directory")
 
 

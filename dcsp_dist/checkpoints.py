@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 
+from dcsp_dist.errors import UserError, first_line
+
 _NAME = re.compile(r"^ckpt-(\d+)\.index$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """An unreadable or missing checkpoint; the message is one line naming it."""
 
 
@@ -62,13 +64,9 @@ def problem(prefix: str) -> str | None:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
-        return _first_line(exc)
+        return first_line(exc)
     _remember(prefix)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(getattr(exc, "message", exc)).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def check(prefix: str, what: str = "--checkpoint") -> None:
@@ -92,7 +90,7 @@ def restore_model(model, prefix: str, what: str) -> None:
     try:
         tf.train.Checkpoint(model=model).read(prefix).expect_partial()
     except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
-        raise CheckpointError(_unreadable(prefix, what, _first_line(exc))) from None
+        raise CheckpointError(_unreadable(prefix, what, first_line(exc))) from None
 
 
 def newest_readable(ckpt_dir: str, warn=print, probe=problem) -> str | None:
@@ -164,7 +162,7 @@ def save(manager, step: int) -> str:
         for partial in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"):
             shutil.rmtree(partial) if os.path.isdir(partial) else os.remove(partial)
         kept = ", ".join(os.path.basename(p) for p in manager.checkpoints) or "none"
-        why = _first_line(exc)[:160]
+        why = first_line(exc, 160)
         raise OSError(f"saving checkpoint {prefix} failed ({why}); earlier checkpoints kept: {kept}") from None
     _remember(path)   # written from the weights in memory: read back in full needs no re-check
     return path
@@ -209,7 +207,7 @@ class StageCheckpoints:
         try:
             self.checkpoint.restore(prefix).expect_partial()
         except (tf.errors.OpError, IndexError, ValueError, OSError) as exc:
-            return _first_line(exc)
+            return first_line(exc)
         _remember(prefix)
         return None
 

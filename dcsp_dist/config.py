@@ -27,6 +27,7 @@ import typing
 from typing import Any
 
 from dcsp_dist import atomic
+from dcsp_dist.errors import UserError
 from dcsp_dist.preemption import DEFAULT_SIGNALS, parse_signals
 from dcsp_dist.stages import TRAINING_STAGES
 
@@ -44,16 +45,16 @@ class _Section:
     def __post_init__(self):
         for name, low in self.AT_LEAST.items():
             if getattr(self, name) < low:
-                raise ValueError(f"{self.PREFIX}{name} must be >= {low}, not {getattr(self, name)}")
+                raise UserError(f"{self.PREFIX}{name} must be >= {low}, not {getattr(self, name)}")
         for name in self.POSITIVE:
             if not getattr(self, name) > 0:
-                raise ValueError(f"{self.PREFIX}{name} must be > 0, not {getattr(self, name)}")
+                raise UserError(f"{self.PREFIX}{name} must be > 0, not {getattr(self, name)}")
         for name in self.NON_NEGATIVE:
             if getattr(self, name) < 0:
-                raise ValueError(f"{self.PREFIX}{name} must be >= 0, not {getattr(self, name)}")
+                raise UserError(f"{self.PREFIX}{name} must be >= 0, not {getattr(self, name)}")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{self.PREFIX}{name} must be one of {', '.join(map(str, allowed))}, "
+                raise UserError(f"{self.PREFIX}{name} must be one of {', '.join(map(str, allowed))}, "
                                  f"not {getattr(self, name)!r}")
         self.check()
 
@@ -80,10 +81,10 @@ class ModelConfig(_Section):
 
     def check(self) -> None:
         if self.num_classes == 1 or self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 2 (background and one class), or 0 to take it from the "
+            raise UserError(f"num_classes must be >= 2 (background and one class), or 0 to take it from the "
                              f"records, not {self.num_classes}")
         if self.normalization == "group_norm" and self.init_weights == "imagenet":
-            raise ValueError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
+            raise UserError("normalization=group_norm cannot take the ImageNet weights (they come with batch "
                              "norm statistics); use init_weights=none or frozen_batch_norm")
 
 
@@ -101,7 +102,7 @@ class InputConfig(_Section):
 
     def check(self) -> None:
         if self.max_scale < self.min_scale:
-            raise ValueError(f"max_scale ({self.max_scale}) must be >= min_scale ({self.min_scale})")
+            raise UserError(f"max_scale ({self.max_scale}) must be >= min_scale ({self.min_scale})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,7 @@ class OptimizerConfig(_Section):
 
     def check(self) -> None:
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), not {self.momentum}")
+            raise UserError(f"momentum must be in [0, 1), not {self.momentum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,11 +170,11 @@ class InferenceConfig(_Section):
 
     def check(self) -> None:
         if not 0 <= self.bg_threshold <= 1:
-            raise ValueError(f"bg_threshold must be in [0, 1], not {self.bg_threshold}")
+            raise UserError(f"bg_threshold must be in [0, 1], not {self.bg_threshold}")
         for name in ("cue_scales", "eval_scales"):
             scales = getattr(self, name)
             if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
-                raise ValueError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
+                raise UserError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,9 +236,9 @@ class RunConfig(_Section):
     def check(self) -> None:
         parse_signals(self.preempt_signals)
         if not self.recovery_spike > 1:
-            raise ValueError(f"recovery_spike must be > 1 (times the recent loss), not {self.recovery_spike}")
+            raise UserError(f"recovery_spike must be > 1 (times the recent loss), not {self.recovery_spike}")
         if not 0 < self.recovery_lr_factor <= 1:
-            raise ValueError(f"recovery_lr_factor must be in (0, 1], not {self.recovery_lr_factor}")
+            raise UserError(f"recovery_lr_factor must be in (0, 1], not {self.recovery_lr_factor}")
 
 
 SECTIONS = {"model": ModelConfig, "input": InputConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
@@ -267,7 +268,7 @@ class Config:
     def __post_init__(self):
         # Rules across sections (each section checks its own fields).
         if self.model.xla and self.run.deterministic:
-            raise ValueError("xla=true needs deterministic=false: XLA has no deterministic kernel for every op of "
+            raise UserError("xla=true needs deterministic=false: XLA has no deterministic kernel for every op of "
                              "the step (TensorFlow: \"MaxPool gradient ops do not yet have a deterministic XLA "
                              "implementation\")")
 
@@ -295,16 +296,16 @@ class Config:
         """This config sized for the data's class list (background first). A num_classes
         the user set explicitly (``explicit``) must agree with it."""
         if len(class_names) < 2:
-            raise ValueError(f"the records list {len(class_names)} class(es); background plus at least one is needed")
+            raise UserError(f"the records list {len(class_names)} class(es); background plus at least one is needed")
         if explicit and self.model.num_classes != len(class_names):
-            raise ValueError(f"num_classes={self.model.num_classes}, but the records list {len(class_names)} classes "
+            raise UserError(f"num_classes={self.model.num_classes}, but the records list {len(class_names)} classes "
                              f"({', '.join(class_names[:4])}...); drop the setting: the class list comes from the data")
         return self.replace(num_classes=len(class_names))
 
     def per_rank_batch(self, size: int) -> int:
         """Global batch split over ``size`` ranks; it must divide (the paper's batch is 10)."""
         if self.optimizer.global_batch % size:
-            raise ValueError(
+            raise UserError(
                 f"global_batch={self.optimizer.global_batch} does not divide over {size} ranks; "
                 f"set --set global_batch=<multiple of {size}> (with lr_scaling=linear to keep the paper's per-image rate)")
         return self.optimizer.global_batch // size
@@ -354,7 +355,7 @@ def resolve(key: str) -> tuple[str, str]:
     known = list(FLAT) + [f"{s}.{f}" for s, f in FLAT.values()]
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; the sections are {', '.join(SECTIONS)}"
-    raise ValueError(f"unknown setting {key!r}{hint} (python -m dcsp_dist.config lists them all)")
+    raise UserError(f"unknown setting {key!r}{hint} (python -m dcsp_dist.config lists them all)")
 
 
 def flatten(values: dict) -> dict:
@@ -386,7 +387,7 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
             return True
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{field.name} expects true/false, got {value!r}")
+        raise UserError(f"{field.name} expects true/false, got {value!r}")
     if kind is tuple:
         if isinstance(value, (list, tuple)):
             items = value
@@ -412,7 +413,7 @@ def _typed(values: dict) -> dict:
         try:
             changes[key] = _coerce(field, value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"setting {key}={value!r}: {exc}") from None
+            raise UserError(f"setting {key}={value!r}: {exc}") from None
     return changes
 
 
@@ -427,7 +428,7 @@ def make_config(preset_name: str = "voc_paper", overrides: dict | None = None,
             with open(config_file) as fh:
                 values.update(flatten(json.load(fh)))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"--config-file {config_file}: {exc}") from None
+            raise UserError(f"--config-file {config_file}: {exc}") from None
     values.update(overrides or {})
     name = values.pop("name", cfg.name)
     return cfg.replace(name=name, **_typed(values))
@@ -438,7 +439,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE")
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -498,7 +499,7 @@ def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print
     if not diffs:
         return
     if not allow:
-        raise ValueError(f"--workdir {workdir} was run with other settings ({'; '.join(diffs)}); relaunch with "
+        raise UserError(f"--workdir {workdir} was run with other settings ({'; '.join(diffs)}); relaunch with "
                          f"the same ones, or pass --allow-changed-config to go on with these (recorded in "
                          f"{os.path.join(workdir, 'config_changes.json')})")
     log_path = os.path.join(workdir, "config_changes.json")

@@ -13,6 +13,7 @@ import time
 
 from dcsp_dist import atomic, stages
 from dcsp_dist import workdir as layout
+from dcsp_dist.errors import first_line
 
 
 def make_cue_fn(stage: str, cfg, model):
@@ -172,7 +173,7 @@ def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target
     except tf.errors.DataLossError as exc:
         raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
     except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
-        raise records.DataError(f"writing {target} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise records.DataError(f"writing {target} failed: {first_line(exc)}") from None
     record.update(made_by=made_by, confusion=shard_matrix.tolist())
     atomic.write_json(target + ".json", record)
     return record

@@ -25,6 +25,7 @@ import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
 
 from dcsp_dist.console import say
+from dcsp_dist.errors import UserError, first_line
 from dcsp_dist.placement import cores_per_rank
 
 
@@ -137,7 +138,7 @@ def report_devices(ctx: Context, require_gpu: str = "auto") -> None:
     def check():
         why = expects_gpu(require_gpu)
         if why and not tf.config.get_visible_devices("GPU"):
-            raise RuntimeError(f"{why}, but TensorFlow sees no GPU on {socket.gethostname()} (rank {ctx.rank}); "
+            raise UserError(f"{why}, but TensorFlow sees no GPU on {socket.gethostname()} (rank {ctx.rank}); "
                                f"check the driver and CUDA libraries (TensorFlow's own log says which failed to "
                                f"load; run with DCSP_TF_LOGS=1), or set require_gpu=false")
     check() if elastic_enabled() else check_on_every_rank(check, RuntimeError)
@@ -248,7 +249,7 @@ def check_same_everywhere(value: str, what: str) -> None:
     values = allgather_object(value)
     if len(set(values)) != 1:
         detail = ", ".join(f"rank {i}: {v}" for i, v in enumerate(values))
-        raise RuntimeError(f"ranks disagree on {what} ({detail}); launch every rank with the same flags")
+        raise UserError(f"ranks disagree on {what} ({detail}); launch every rank with the same flags")
 
 
 def weights_digest(variables: Iterable) -> str:
@@ -289,24 +290,20 @@ def collective_failed(exc: BaseException) -> bool:
         k in text for k in ("Horovod", "horovod", "Gloo", "gloo", "Timed out", "Connection closed", "Connection reset"))
 
 
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-def run_or_report(job, expected: tuple) -> int:
-    """Run ``job()``; exit status 0, or 1 after one line on stderr for an ``expected`` error
-    (bad input, damaged files, a full disk) or for the error a rank gets in a collective
-    once another rank has failed or stopped (the failing rank's own line, or the watchdog's,
-    says which when it could). After a signal stopped the job resumably the rank ends at once
-    with ``preemption.EXIT_PREEMPTED`` (``leave_now``)."""
+def run_or_report(job) -> int:
+    """Run ``job()``; exit status 0, or 1 after one line on stderr for the project's own errors
+    (``errors.UserError``: bad input, damaged files, a refused run) and ``OSError`` (a full
+    disk), or for the error a rank gets in a collective once another rank has failed or
+    stopped (the failing rank's own line, or the watchdog's, says which when it could).
+    Anything else is a bug and keeps its traceback. After a signal stopped the job resumably
+    the rank ends at once with ``preemption.EXIT_PREEMPTED`` (``leave_now``)."""
     from dcsp_dist import preemption
     try:
         job()
     except preemption.Preempted as exc:
         log(str(exc))
         leave_now(preemption.EXIT_PREEMPTED)
-    except expected as exc:
+    except (UserError, OSError) as exc:
         error(str(exc))
         return 1
     except Exception as exc:
@@ -330,7 +327,7 @@ def leave_now(status: int) -> NoReturn:
     os._exit(status)
 
 
-def check_on_every_rank(check, error_type=ValueError) -> None:
+def check_on_every_rank(check, error_type=UserError) -> None:
     """Run this rank's ``check()``; if it raises ``error_type`` on any rank, raise the
     first rank's error on every rank, so one rank's bad input stops all of them at once
     instead of leaving the others waiting in a collective."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dcsp_dist import config as config_lib
 from dcsp_dist import distributed
+from dcsp_dist.errors import UserError
 from dcsp_dist.stages import TRAINING_STAGES
 
 
@@ -29,7 +30,7 @@ class ElasticWorld:
 
     def check_stages(self, stages) -> None:
         if any(name not in TRAINING_STAGES for name in stages):
-            raise ValueError(f"--stage {'all' if len(stages) > 1 else stages[0]}: elastic jobs run one training "
+            raise UserError(f"--stage {'all' if len(stages) > 1 else stages[0]}: elastic jobs run one training "
                              f"stage at a time ({', '.join(TRAINING_STAGES)}); run the cue stages with "
                              f"launch/local.sh or launch/multinode.sh")
 

@@ -20,6 +20,7 @@ import sys
 import time
 
 from dcsp_dist import atomic
+from dcsp_dist.errors import UserError
 from dcsp_dist.jobs import Job, add_job_arguments, main_for
 
 
@@ -37,13 +38,13 @@ def each_checkpoint(args) -> list:
     """One namespace per --checkpoint with its own ``out``, all checked before any work: a
     second model's unusable output directory is refused before the first model's inference."""
     if len(args.out) > len(args.checkpoint):
-        raise ValueError(f"--out given {len(args.out)} times for {len(args.checkpoint)} --checkpoint")
+        raise UserError(f"--out given {len(args.out)} times for {len(args.checkpoint)} --checkpoint")
     outs = args.out + [default_out(c, args.split) for c in args.checkpoint[len(args.out):]]
     seen = {}
     for checkpoint, out in zip(args.checkpoint, outs):
         key = os.path.abspath(out)
         if key in seen:
-            raise ValueError(f"--checkpoint {seen[key]} and {checkpoint} would both write {out}; give each an --out")
+            raise UserError(f"--checkpoint {seen[key]} and {checkpoint} would both write {out}; give each an --out")
         seen[key] = checkpoint
         Job.check_arguments(args, out, "results.json")
     return [argparse.Namespace(**{**vars(args), "checkpoint": c, "out": o}) for c, o in zip(args.checkpoint, outs)]
@@ -66,7 +67,7 @@ def default_out(checkpoint: str, split: str) -> str:
         ckpt_dir = os.path.dirname(path)
         stage_dir = os.path.dirname(ckpt_dir)
         if os.path.basename(ckpt_dir) != "ckpt" or os.path.basename(stage_dir) not in layout.SCHEDULE:
-            raise ValueError(f"--checkpoint {checkpoint} is not inside a run directory (<run>/<stage>/ckpt/); "
+            raise UserError(f"--checkpoint {checkpoint} is not inside a run directory (<run>/<stage>/ckpt/); "
                              f"give --out for its results")
         run = os.path.dirname(stage_dir)
     return os.path.join(run, f"eval_{split}")

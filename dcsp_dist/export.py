@@ -21,6 +21,7 @@ import os
 import sys
 
 from dcsp_dist import atomic
+from dcsp_dist.errors import UserError
 
 
 def parse_args(argv=None):
@@ -43,7 +44,7 @@ def export(args) -> dict:
     from dcsp_dist.jobs import parse_scales
 
     if os.path.exists(args.out):
-        raise ValueError(f"--out {args.out}: already exists; give a new directory (nothing was replaced)")
+        raise UserError(f"--out {args.out}: already exists; give a new directory (nothing was replaced)")
     atomic.check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out's parent")
     model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
     if args.window is not None:

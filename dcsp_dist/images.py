@@ -24,18 +24,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from dcsp_dist.errors import UserError, first_line
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JPEG_QUALITY = 95             # a record's re-encoded JPEG (only for images that are not plain JPEGs), 4:4:4
 _ORIENTATION = 0x0112          # EXIF tag
 
 
-class BadImage(ValueError):
+class BadImage(UserError):
     """An image that cannot be used: one line, ``<path>: <reason>``."""
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _open(path: str, data: bytes | None = None):
@@ -47,9 +44,9 @@ def _open(path: str, data: bytes | None = None):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data) if data is not None else path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"{path}: too large to decode safely ({_reason(exc)})") from None
+        raise BadImage(f"{path}: too large to decode safely ({first_line(exc)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise BadImage(f"{path}: not a readable image ({_reason(exc)})") from None
+        raise BadImage(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -82,9 +79,9 @@ def read_rgb(path: str, data: bytes | None = None) -> np.ndarray:
                 upright = ImageOps.exif_transpose(im)
                 return _to_rgb(upright)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImage(f"{path}: too large to decode safely ({_reason(exc)})") from None
+            raise BadImage(f"{path}: too large to decode safely ({first_line(exc)})") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise BadImage(f"{path}: not a readable image ({_reason(exc)})") from None
+            raise BadImage(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
 def upright_size(path: str) -> tuple[int, int]:
@@ -122,24 +119,24 @@ def list_images(images: str, list_file: str | None) -> list[tuple[str, str]]:
     two files share a stem (both would write ``<stem>.png``). Used by ``predict --images``
     and ``data_tools.saliency --images``."""
     if not os.path.isdir(images):
-        raise ValueError(f"--images {images}: no such directory")
+        raise UserError(f"--images {images}: no such directory")
     if list_file:
         if not os.path.isfile(list_file):
-            raise ValueError(f"--list {list_file}: no such file")
+            raise UserError(f"--list {list_file}: no such file")
         with open(list_file) as fh:
             names = [line.split("\t")[0].strip() for line in fh if line.strip() and not line.startswith("#")]
         missing = [n for n in names if not os.path.isfile(os.path.join(images, n))]
         if missing:
-            raise ValueError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
+            raise UserError(f"--list {list_file}: {len(missing)} image(s) not found under {images}, "
                              f"e.g. {missing[0]}")
     else:
         names = sorted(n for n in os.listdir(images) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-        raise ValueError(f"--images {images}: no .jpg, .jpeg or .png files{' listed' if list_file else ' there'}")
+        raise UserError(f"--images {images}: no .jpg, .jpeg or .png files{' listed' if list_file else ' there'}")
     stems: dict[str, str] = {}
     for name in names:
         stem = os.path.splitext(os.path.basename(name))[0]
         if stem in stems:
-            raise ValueError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
+            raise UserError(f"--images {images}: {stems[stem]} and {name} would both write {stem}.png")
         stems[stem] = name
     return [(stem, os.path.join(images, name)) for stem, name in stems.items()]

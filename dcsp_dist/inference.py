@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 
 from dcsp_dist import atomic, geometry
+from dcsp_dist.errors import UserError, first_line
 
 
 def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
@@ -132,8 +133,8 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     try:
         tf.train.Checkpoint(model=model).read(prefix).expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as exc:
-        raise ValueError(f"--checkpoint {prefix} does not fit a {cfg.model.num_classes}-class "
-                         f"{cfg.name} model: {str(exc).splitlines()[0][:300]}") from None
+        raise UserError(f"--checkpoint {prefix} does not fit a {cfg.model.num_classes}-class "
+                         f"{cfg.name} model: {first_line(exc, 300)}") from None
     return model, cfg, prefix
 
 

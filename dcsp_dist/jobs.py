@@ -6,6 +6,8 @@ top, and their CRF worker processes (spawned) must start without loading TensorF
 """
 from __future__ import annotations
 
+from dcsp_dist.errors import UserError
+
 
 def add_job_arguments(parser, default_split: str, data_required: bool = True, many_checkpoints: bool = False) -> None:
     """Arguments shared by ``dcsp_dist.evaluate`` and ``dcsp_dist.predict``."""
@@ -39,9 +41,9 @@ def parse_scales(text: str | None, default) -> tuple:
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
+        raise UserError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
     if not scales or scales[0] != 1.0 or min(scales) <= 0:
-        raise ValueError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
+        raise UserError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
     return scales
 
 
@@ -65,7 +67,7 @@ class Job:
         self.dataset = data.make_inference_dataset(args.data, args.split, files=self.files, need_mask=need_mask)
         self._load_model(args, ctx)
         if self.cfg.model.num_classes != len(self.manifest["class_names"]):
-            raise ValueError(f"--checkpoint {self.checkpoint} has {self.cfg.model.num_classes} classes, {args.split} "
+            raise UserError(f"--checkpoint {self.checkpoint} has {self.cfg.model.num_classes} classes, {args.split} "
                              f"records have {len(self.manifest['class_names'])}")
         self.num_images = sum(s["num_examples"] for s in self.manifest["shards"]
                               if os.path.join(args.data, s["file"]) in self.files)
@@ -79,7 +81,7 @@ class Job:
             check_writable_dir(out_dir, "--out")
             check_replaceable(out_dir, marker)
         if args.crf_workers is not None and args.crf_workers < 0:
-            raise ValueError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
+            raise UserError(f"--crf-workers {args.crf_workers}: expected 0 (sequential) or more")
 
     def _load_model(self, args, ctx) -> None:
         """The trained model and the inference settings: the run's, or the flags'."""
@@ -160,7 +162,7 @@ class ImageJob(Job):
 
 def main_for(job_fn, args) -> int:
     """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
-    from dcsp_dist import distributed, preemption, records
+    from dcsp_dist import distributed, preemption
     preemption.install()
     ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
-    return distributed.run_or_report(lambda: job_fn(args, ctx), (records.DataError, ValueError, OSError))
+    return distributed.run_or_report(lambda: job_fn(args, ctx))

@@ -14,6 +14,8 @@ import dataclasses
 import os
 import re
 
+from dcsp_dist.errors import UserError
+
 _LAUNCHERS = (   # (rank, size, local rank, local size) variables
     ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
@@ -63,10 +65,10 @@ def place(env=None) -> Place:
             local_size = int(env[local_size_var]) if local_size_var and env.get(local_size_var) \
                 else _slurm_local_size(env) if rank_var == "SLURM_PROCID" else 1
         except ValueError:
-            raise ValueError(f"{rank_var}/{size_var}: not whole numbers ({env[rank_var]!r}, {env[size_var]!r})") \
+            raise UserError(f"{rank_var}/{size_var}: not whole numbers ({env[rank_var]!r}, {env[size_var]!r})") \
                 from None
         if not 0 <= rank < size:
-            raise ValueError(f"{rank_var}={rank} is outside {size_var}={size}")
+            raise UserError(f"{rank_var}={rank} is outside {size_var}={size}")
         return Place(rank, size, local_rank, max(1, local_size))
     return Place()
 

@@ -23,6 +23,7 @@ import signal
 
 from dcsp_dist import atomic
 from dcsp_dist.console import say
+from dcsp_dist.errors import UserError
 
 # "Preempted, resumable": relaunching the same command resumes (EX_TEMPFAIL, sysexits.h).
 EXIT_PREEMPTED = 75
@@ -44,7 +45,7 @@ def parse_signals(text: str) -> list[signal.Signals]:
         try:
             out.append(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
         except KeyError:
-            raise ValueError(f"preempt_signals: unknown signal {name!r} (e.g. TERM,INT,USR1)") from None
+            raise UserError(f"preempt_signals: unknown signal {name!r} (e.g. TERM,INT,USR1)") from None
     return out
 
 

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Iterable
 
+from dcsp_dist.errors import UserError, first_line
+
 SCHEMA_VERSION = 1
 # In masks and cues, 255 marks pixels that no loss or metric counts (docs/method.md §1); class ids are 0..254.
 IGNORE_LABEL = 255
@@ -113,7 +115,7 @@ def cue_feature_spec():
             "cue/encoded": tf.io.FixedLenFeature([], tf.string)}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing or inconsistent records; the message is one line naming the culprit."""
 
 
@@ -253,7 +255,7 @@ def check_shards(directory: str, manifest: dict, files: list[str], deep: bool = 
             try:
                 count = sum(1 for _ in tf.data.TFRecordDataset(path))
             except tf.errors.DataLossError as exc:
-                raise DataError(f"{path} is damaged ({str(exc).splitlines()[0][:120]}); {fix}") from None
+                raise DataError(f"{path} is damaged ({first_line(exc, 120)}); {fix}") from None
             if count != shard["num_examples"]:
                 raise DataError(f"{path} holds {count} records, the manifest says {shard['num_examples']}; {fix}")
 

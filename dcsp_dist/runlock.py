@@ -6,6 +6,8 @@ import os
 import socket
 import time
 
+from dcsp_dist.errors import UserError
+
 LOCK_NAME = ".lock"
 LOCK_HEARTBEAT_SECONDS = 30     # the holder touches the lock this often (recorded in it as "beat")
 SILENT_BEATS = 2                # a lock of another host unchanged for this many of its beats is stale
@@ -13,7 +15,7 @@ RETRY_SECONDS = 5               # after a failed beat (a transient NFS error) th
 HEARTBEAT_RETRIES = 5           # failed beats in a row before the holder says so
 
 
-class RunLocked(ValueError):
+class RunLocked(UserError):
     """Another live job holds the run directory, or took it from this one."""
 
 

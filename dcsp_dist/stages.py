@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from dcsp_dist.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -50,7 +52,7 @@ def get(name: str) -> Stage:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ValueError(f"unknown stage {name!r}: one of {', '.join(SCHEDULE)}") from None
+        raise UserError(f"unknown stage {name!r}: one of {', '.join(SCHEDULE)}") from None
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ from dcsp_dist import atomic, configs, preemption
 from dcsp_dist import config as config_lib
 from dcsp_dist import stages as stage_table
 from dcsp_dist import workdir as layout
+from dcsp_dist.errors import TrainingStopped, UserError
 
 
 def parse_args(argv=None):
@@ -152,10 +153,10 @@ class StepLoop:
             if distributed.context().is_chief:
                 self.ckpts.save(good)
             distributed.barrier()       # the last good state is on disk before any rank stops
-            kept = f"{self.ckpts.latest} (step {good})"
+            kept = f"{os.path.join(self.ckpts.directory, f'ckpt-{good}')} (step {good})"   # every rank names it
         after = f" after {len(recovery.events)} recoveries" if recovery.events else ""
-        raise FloatingPointError(f"[{self.stage}] {why} at step {done}{after}; stopped. The last good state is "
-                                 f"saved: {kept}")
+        raise TrainingStopped(f"[{self.stage}] {why} at step {done}{after}; stopped. The last good state is "
+                              f"saved: {kept}")
 
     def _next(self, iterator, ctx):
         import tensorflow as tf
@@ -285,7 +286,7 @@ def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
             distributed.log(f"[{stage}] the training records changed since this stage was done; redoing it "
                             f"(cue shards of unchanged image shards are kept)")
             return False
-        raise ValueError(f"[{stage}] was trained on other records than {inputs.data_dir} split "
+        raise UserError(f"[{stage}] was trained on other records than {inputs.data_dir} split "
                          f"{inputs.manifest['split']} holds now (records {made_from}, now {now}); train on a new "
                          f"--workdir, or delete {layout.stage_dir(workdir, stage)} and the stages after it")
     if stage_table.get(stage).trains:
@@ -349,21 +350,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = config_lib.make_config(args.config, config_lib.parse_overrides(args.set), args.config_file)
-    except ValueError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dcsp_dist import distributed, records
     explicit = "num_classes" in config_lib.explicit_settings(args.set, args.config_file)
     try:
         cfg = resolve_classes(cfg, args.data, explicit)
-    except ValueError as exc:   # DataError included: one line, before Horovod starts
+    except (UserError, OSError) as exc:   # DataError included: one line, before Horovod starts
         print(f"error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, records.DataError) else 1
     ctx = distributed.init(intra_threads=args.threads, deterministic=cfg.run.deterministic, timeline=args.horovod_timeline)
     distributed.log(f"dcsp_dist.train: stage {args.stage}, config {cfg.name} ({cfg.digest()}), "
                     f"{ctx.size} rank(s), global batch {cfg.optimizer.global_batch}")
-    return distributed.run_or_report(
-        lambda: _start(args, cfg, ctx), (records.DataError, ValueError, OSError, FloatingPointError, RuntimeError))
+    return distributed.run_or_report(lambda: _start(args, cfg, ctx))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import threading
 import time
 
 from dcsp_dist.console import say
+from dcsp_dist.errors import first_line
 
 EXIT_STALLED = 76
 FRESH_SECONDS = 1.0      # a finished step is written at once when the heartbeat file is older than this
@@ -226,7 +227,7 @@ def watching(directory: str, ctx, timeout: float):
         # watchdog's bound): name the rank the heartbeats show, not "another rank".
         blame = dog.blame() if distributed.peer_failed(exc) or distributed.collective_failed(exc) else None
         if blame:
-            raise StalledPeer(f"a collective failed ({distributed.first_line(exc)}); by the heartbeats: {blame}") \
+            raise StalledPeer(f"a collective failed ({first_line(exc)}); by the heartbeats: {blame}") \
                 from None
         raise
     finally:

@@ -18,6 +18,7 @@ import typing
 
 from dcsp_dist import config as config_lib
 from dcsp_dist import distributed, runlock
+from dcsp_dist.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,9 @@ class StageRun:
     extra_state: tuple = ()       # both: variables beside model and optimizer that every rank holds alike
 
 
-# The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name.
-_AGREED_ERRORS = {"ValueError": ValueError, "OSError": OSError}
+# The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name (anything
+# else is a bug: rank 0's traceback, and the others stop at the broadcast it never joins).
+_AGREED_ERRORS = {"UserError": UserError, "OSError": OSError}
 
 
 class FixedWorld:
@@ -68,14 +70,14 @@ class FixedWorld:
         distributed.check_same_everywhere(digest, "the config")
 
     def agree(self, compute):
-        """Rank 0's ``compute()``, on every rank; a ValueError or OSError it raises is raised
+        """Rank 0's ``compute()``, on every rank; a UserError or OSError it raises is raised
         on every rank (one line each), not only on rank 0 while the others wait."""
         value, failure = None, None
         if self.context.is_chief:
             try:
                 value = compute()
-            except (ValueError, OSError) as exc:
-                failure = ("OSError" if isinstance(exc, OSError) else "ValueError", str(exc))
+            except (UserError, OSError) as exc:
+                failure = ("OSError" if isinstance(exc, OSError) else "UserError", str(exc))
         value, failure = distributed.broadcast_object((value, failure))
         if failure:
             raise _AGREED_ERRORS[failure[0]](failure[1])

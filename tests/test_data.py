@@ -280,3 +280,42 @@ def test_a_build_is_byte_for_byte_reproducible(synth_voc, tmp_path):
                    "--out", str(tmp_path / out), "--num-shards", "2", "--quiet", "--workers", "1")
         digests.append([s["sha256"] for s in json.load(open(tmp_path / out / "val.manifest.json"))["shards"]])
     assert digests[0] == digests[1]
+
+
+def test_a_full_disk_while_publishing_replaces_nothing_and_a_late_failure_says_so(synth_voc, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Publishing a split writes everything that takes space (the manifest too) before it
+    renames any shard: a full disk then leaves the earlier build whole and no temporary file.
+    A failure among the renames themselves says the split must be rebuilt (it never says
+    "nothing was replaced" after shards were)."""
+    import errno
+    lists = synth_voc / "ImageSets" / "Segmentation"
+    out = tmp_path / "records"
+    args = ["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--split", "train", "--out", str(out),
+            "--num-shards", "4", "--quiet"]
+    assert build.main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_dump = json.dump
+
+    def full_disk(obj, fh, *a, **k):
+        if isinstance(obj, dict) and "shards" in obj:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(obj, fh, *a, **k)
+    monkeypatch.setattr(build.json, "dump", full_disk)
+    assert build.main(args[:-3] + ["--num-shards", "3", "--quiet"]) == 1
+    assert "nothing was replaced" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # whole, nothing left over
+    assert verify.main([str(out)]) == 0
+    monkeypatch.setattr(build.json, "dump", real_dump)
+    real_publish, calls = build.publish, []
+
+    def fails_at_the_third(tmp, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_publish(tmp, path)
+    monkeypatch.setattr(build, "publish", fails_at_the_third)
+    assert build.main(args[:-3] + ["--num-shards", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "after 2 of 3 shards were replaced" in err and "build it again" in err and "nothing was replaced" not in err
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]

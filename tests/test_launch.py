@@ -131,7 +131,7 @@ def test_multinode_hostfile_needs_slots_on_every_line(tmp_path):
     assert proc.stdout == ""
     hostfile.write_text("# the cluster\nnode1 slots=8\n\nnode2 slots=4  # smaller\n")
     words = command_line(launch("multinode.sh", "--hostfile", str(hostfile), *JOB, "--dry-run").stdout)
-    assert words[1:4] == ["--gloo", "-np", "12"]
+    assert words[2:5] == ["--gloo", "-np", "12"]
 
 
 def test_slurm_counts_from_the_environment_are_checked():
@@ -165,9 +165,9 @@ def test_elastic_dry_run(tmp_path):
                                 "--blacklist-cooldown-range", "10", "20", "--network-interface", "ib0",
                                 "--stage", "segmentation", "--config", "voc_paper", "--data", "/d",
                                 "--workdir", str(tmp_path), "--dry-run").stdout)
-    assert words[1:9] == ["--gloo", "-np", "4", "--min-np", "2", "--max-np", "4", "--host-discovery-script"]
-    assert words[9] == f"{tmp_path}/discover_hosts.sh"
-    assert ["--blacklist-cooldown-range", "10", "20"] == words[10:13]
+    assert words[2:10] == ["--gloo", "-np", "4", "--min-np", "2", "--max-np", "4", "--host-discovery-script"]
+    assert words[10] == f"{tmp_path}/discover_hosts.sh"
+    assert ["--blacklist-cooldown-range", "10", "20"] == words[11:14]
     assert words[words.index("-m") + 1] == "dcsp_dist.train"
 
 

@@ -107,3 +107,43 @@ def test_paper_text_objective_sends_every_loss_everywhere():
 def test_unknown_objective_is_one_clear_error():
     with pytest.raises(ValueError, match="segmentation_objective must be one of authors_code, paper_text"):
         config.make_config("tiny_test", {"segmentation_objective": "both"})
+
+
+def test_a_roll_back_restores_the_last_good_state_to_the_bit_and_lowers_the_rate():
+    """Recovery (dcsp_dist.recovery) on a real trainer: the copy comes back exactly (weights
+    and momentum, not the step counter), the rate's scale drops by the factor, and the
+    judgement: non-finite losses always, a spike only against a filled window."""
+    from dcsp_dist.recovery import SPIKE_WINDOW, Recovery
+    from dcsp_dist.trainer import StepResult
+    distributed.init()
+    cfg = config.make_config("tiny_test", {"recovery_spike": "4", "recovery_lr_factor": "0.25"})
+    trainer = StageTrainer("segmentation", cfg)
+    recovery = Recovery(trainer, cfg.run)
+    trainer.step(_batch(cfg))
+    recovery.keep(1)
+    state = [v for v in list(trainer.model.variables) + list(trainer.optimizer.variables) if "float" in str(v.dtype)]
+    kept = distributed.weights_digest(state)
+    for _ in range(3):
+        trainer.step(_batch(cfg))
+    assert distributed.weights_digest(state) != kept
+    assert recovery.can_roll_back()
+    event = recovery.roll_back(4, float("nan"), "non-finite loss nan")
+    assert distributed.weights_digest(state) == kept                       # bit for bit
+    assert int(trainer.optimizer.iterations.numpy()) == 4                 # the steps go on
+    assert event.back_to == 1 and event.lr_scale == 0.25 and float(trainer.lr_scale.numpy()) == 0.25
+    assert "rolled back to the state of step 1, skipped batches 2-4, learning rate x0.25" in event.line("s", 1, 3)
+    assert float(trainer.optimizer.learning_rate) == pytest.approx(0.25 * float(trainer.schedule(4)))
+
+    def result(total, finite=True):
+        return StepResult(total, total, 0.0, 0.0, finite, False)
+    assert recovery.judge(result(float("inf"))) and recovery.judge(result(1.0, finite=False))
+    assert recovery.judge(result(100.0)) is None                           # no level yet: not a spike
+    for _ in range(SPIKE_WINDOW):
+        assert recovery.judge(result(1.0)) is None
+    assert recovery.judge(result(3.9)) is None                             # within 4x the median
+    assert "is 4.5x its recent level 1.0000" in recovery.judge(result(4.5))
+    off = Recovery(trainer, cfg.run.__class__(**{**cfg.run.__dict__, "recovery_max": 0}))
+    for _ in range(SPIKE_WINDOW):
+        off.judge(result(1.0))
+    assert off.judge(result(50.0)) is None and off.judge(result(float("nan")))   # off: only non-finite stops
+    assert not off.can_roll_back()

@@ -13,12 +13,13 @@ import os
 import numpy as np
 from PIL import Image
 
+from dcsp_dist.errors import UserError
 from dcsp_dist.images import BadImage, record_jpeg
 
 ROLES = ("train", "eval", "test")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A source's flags or files cannot be used (one line naming the flag or file)."""
 
 

@@ -6,24 +6,25 @@ from __future__ import annotations
 import os
 
 from data_tools.sources.base import Source, SourceError, class_names_problem, load_files
+from dcsp_dist.errors import UserError
 
 
 def read_class_list(path: str) -> list[str]:
     """``classes.txt``: one object class per line -> ["background", ...]. ValueError if bad."""
     if not os.path.isfile(path):
-        raise ValueError(f"--classes {path}: no such file")
+        raise UserError(f"--classes {path}: no such file")
     with open(path) as fh:
         names = [line.strip() for line in fh if line.strip()]
     problem = class_names_problem(names)
     if problem:
-        raise ValueError(f"--classes {path} (one class per line): {problem}")
+        raise UserError(f"--classes {path} (one class per line): {problem}")
     return ["background"] + names
 
 
 def read_tag_list(path: str) -> list[list[str]]:
     """``tags.tsv`` lines as fields: image path, comma-separated names[, mask path[, saliency path]]."""
     if not os.path.isfile(path):
-        raise ValueError(f"--tag-list {path}: no such file")
+        raise UserError(f"--tag-list {path}: no such file")
     with open(path) as fh:
         return [line.rstrip("\n").split("\t") for line in fh if line.strip() and not line.startswith("#")]
 

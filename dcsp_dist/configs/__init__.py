@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from dcsp_dist.errors import UserError
+
 
 def names() -> list[str]:
     """Every preset's name (its file's stem), sorted."""
@@ -17,5 +19,5 @@ def names() -> list[str]:
 def get(name: str):
     """The preset ``name``'s Config; ValueError naming the choices for an unknown one."""
     if name not in names():
-        raise ValueError(f"--config: unknown preset {name!r}; choose one of {names()}")
+        raise UserError(f"--config: unknown preset {name!r}; choose one of {names()}")
     return importlib.import_module(f"{__name__}.{name}").get_config()

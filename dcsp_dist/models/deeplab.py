@@ -10,6 +10,7 @@ import dataclasses
 import keras
 from keras import layers
 
+from dcsp_dist.errors import UserError
 from dcsp_dist.models.atrous import AtrousConv2D
 from dcsp_dist.models.resnet import build_resnet
 
@@ -30,7 +31,7 @@ def build_model(cfg) -> keras.Model:
     and mixed_precision. Logits and attention maps are float32 whatever the policy.
     """
     if cfg.model.mixed_precision not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"mixed_precision must be float32, bfloat16 or float16, not {cfg.model.mixed_precision!r}")
+        raise UserError(f"mixed_precision must be float32, bfloat16 or float16, not {cfg.model.mixed_precision!r}")
     dtype = _policy(cfg.model.mixed_precision)
     backbone = build_resnet(cfg.model.blocks, cfg.model.base_width, cfg.model.output_stride, dtype=dtype,
                             name=BACKBONE_NAME, normalization=cfg.model.normalization)

@@ -19,6 +19,8 @@ import math
 import keras
 from keras import layers
 
+from dcsp_dist.errors import UserError
+
 RESNET101 = (3, 4, 23, 3)
 BN_EPSILON = 1.001e-5  # keras.applications' value
 GN_GROUPS = 8          # at most; fewer when a layer has fewer channels
@@ -34,7 +36,7 @@ def _norm(x, name: str, normalization: str, dtype):
     if normalization == "group_norm":
         groups = math.gcd(int(x.shape[-1]), GN_GROUPS)
         return layers.GroupNormalization(groups, axis=3, name=name + "_gn", dtype=dtype)(x)
-    raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}")
+    raise UserError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}")
 
 
 def stage_strides_and_dilations(output_stride: int) -> list[tuple[int, int]]:
@@ -45,7 +47,7 @@ def stage_strides_and_dilations(output_stride: int) -> list[tuple[int, int]]:
         32: [(1, 1), (2, 1), (2, 1), (2, 1)],
     }
     if output_stride not in table:
-        raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride}")
+        raise UserError(f"output_stride must be 8, 16 or 32, not {output_stride}")
     return table[output_stride]
 
 

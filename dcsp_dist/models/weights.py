@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from dcsp_dist.errors import UserError
 from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME, backbone, head_layers
 
 
@@ -31,7 +32,7 @@ def caffe_names(model) -> dict[str, tuple[str, str]]:
     """Map each weighted Keras layer of the backbone to (caffe name, kind) kind in conv/bn."""
     net = backbone(model)
     if any(layer.name.endswith("_gn") for layer in net.layers):
-        raise ValueError("Caffe/ImageNet weights are for the frozen-batch-norm ResNet; this model uses "
+        raise UserError("Caffe/ImageNet weights are for the frozen-batch-norm ResNet; this model uses "
                          "group norm (normalization=group_norm)")
     blocks_per_stage: dict[int, int] = {}
     for layer in net.layers:
@@ -70,17 +71,17 @@ def read_caffe_file(path: str) -> dict[str, dict[str, np.ndarray]]:
         obj = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
-            raise ValueError(f"{path}: not a readable .npy or .npz ({str(exc)[:160]})") from None
-        raise ValueError(f"{path} is a pickled .npy (a dict of layers, as the authors' Caffe conversion saves it); "
+            raise UserError(f"{path}: not a readable .npy or .npz ({str(exc)[:160]})") from None
+        raise UserError(f"{path} is a pickled .npy (a dict of layers, as the authors' Caffe conversion saves it); "
                          f"loading a pickle can run code from the file, so it is not loaded. Convert it once, if you "
                          f"trust the file: python -m dcsp_dist.models.weights convert --trust-pickle {path} "
                          f"{os.path.splitext(path)[0]}.npz, then use the .npz") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:     # a damaged zip, a truncated file
-        raise ValueError(f"{path}: not a readable .npy or .npz ({str(exc)[:160] or type(exc).__name__})") from None
+        raise UserError(f"{path}: not a readable .npy or .npz ({str(exc)[:160] or type(exc).__name__})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
         with obj:
             return _read_npz(obj, path)
-    raise ValueError(f"{path}: expected a dict of layers, got an array {obj.shape}; save the weights as .npz with "
+    raise UserError(f"{path}: expected a dict of layers, got an array {obj.shape}; save the weights as .npz with "
                      f"'layer/param' keys")
 
 
@@ -89,12 +90,12 @@ def _read_npz(data, path: str) -> dict[str, dict[str, np.ndarray]]:
     nested: dict = {}
     for key in data.files:
         if "/" not in key:
-            raise ValueError(f"{path}: key {key!r} is not of the form 'layer/param'")
+            raise UserError(f"{path}: key {key!r} is not of the form 'layer/param'")
         layer, param = key.split("/", 1)
         try:
             nested.setdefault(layer, {})[param] = data[key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: entry {key!r} is unreadable ({str(exc)[:160]})") from None
+            raise UserError(f"{path}: entry {key!r} is unreadable ({str(exc)[:160]})") from None
     return nested
 
 
@@ -102,10 +103,10 @@ def convert_pickled(source: str, target: str) -> int:
     """Unpickle the authors' ``.npy`` dict ``source`` (the caller has said it trusts it) and
     write it as ``.npz`` ``target``, which loads without pickle. Returns the layer count."""
     if not target.endswith(".npz"):
-        raise ValueError(f"{target}: the converted file must be a .npz")
+        raise UserError(f"{target}: the converted file must be a .npz")
     obj = np.load(source, allow_pickle=True, encoding="latin1")
     if obj.dtype != object or not isinstance(obj.item(), dict):
-        raise ValueError(f"{source}: expected a .npy holding a dict of layers, got an array {obj.shape}")
+        raise UserError(f"{source}: expected a .npy holding a dict of layers, got an array {obj.shape}")
     weights = obj.item()
     write_caffe_file(weights, target)
     return len(weights)
@@ -193,7 +194,7 @@ def load_caffe_dict(model, weights, source: str = "weights dict") -> list[str]:
         problems += [f"unexpected {layer}/{p}" for p in got if p not in params]
     problems += [f"unexpected layer {layer}" for layer in weights if layer not in expected]
     if problems:
-        raise ValueError(f"{source} does not fit the model ({len(problems)} problems): " + "; ".join(problems))
+        raise UserError(f"{source} does not fit the model ({len(problems)} problems): " + "; ".join(problems))
 
     net = backbone(model)
     for keras_name, (caffe, kind) in caffe_names(model).items():
@@ -244,7 +245,7 @@ def load_imagenet_backbone(model, weights: str = "imagenet") -> None:
             problems.append(f"{layer.name}: shapes {[w.shape for w in theirs]} vs {[w.shape for w in ours]}")
         pairs.append((layer, theirs))
     if problems:
-        raise ValueError("ImageNet ResNet101 weights do not fit this backbone: " + "; ".join(problems[:5]))
+        raise UserError("ImageNet ResNet101 weights do not fit this backbone: " + "; ".join(problems[:5]))
     for layer, values in pairs:
         layer.set_weights(values)
 

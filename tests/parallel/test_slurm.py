@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -356,3 +357,31 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     state, _, info = _wait(env, none_job, _ended)
     assert state == "FAILED", info + none_out.read_text()[-3000:]
     assert "srun exited 0 but " in none_out.read_text() and "attention/done.json is missing" in none_out.read_text()
+
+
+def test_a_batch_script_of_two_tasks_without_srun_does_every_image(slurm, tmp_path):
+    """#SBATCH -n 2 and data_tools.saliency run by the batch shell itself (no srun): one
+    process, so it does all the images (it did half: the job's SLURM_NTASKS=2 was read as
+    its own world); beside it, the same under srun: two ranks, half each, every image once."""
+    from PIL import Image
+    env = slurm
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 90, 200 - 40 * i)).save(photos / f"p{i}.jpg")
+    jobs = {}
+    for how in ("shell", "srun"):
+        run = f"{sys.executable} -m data_tools.saliency --images {photos} --out-dir {tmp_path / how} --workers 1"
+        jobs[how] = _run(["sbatch", "--parsable", "--partition=main", "--nodes=1", "--ntasks=2", "--cpus-per-task=1",
+                          f"--output={tmp_path / how}.out", f"--export=ALL,PYTHONPATH={ROOT}",
+                          f"--wrap={'srun ' if how == 'srun' else ''}{run}"], env=env, cwd=ROOT).stdout.strip()
+    for how, job in jobs.items():
+        state, _, info = _wait(env, job, _ended, timeout=300)
+        out = (tmp_path / f"{how}.out").read_text()
+        assert state == "COMPLETED", info + out
+        assert sorted(p.name for p in (tmp_path / how).glob("*.png")) == [f"p{i}.png" for i in range(4)], out
+        summaries = re.findall(r"\[saliency\] (?:rank (\d) of (\d) on \S+: )?wrote (\d)", out)
+        if how == "shell":
+            assert summaries == [("", "", "4")], out
+        else:
+            assert sorted(summaries) == [("0", "2", "2"), ("1", "2", "2")], out

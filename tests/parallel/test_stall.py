@@ -2,6 +2,7 @@
 with one line naming the rank, its host and pid (dcsp_dist.watchdog)."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,11 @@ def test_a_stopped_rank_ends_the_job_naming_it(controller, timeout, synth_record
     assert job.returncode != 0, out[-3000:] + err[-3000:]
     assert len(lines) == 1, out[-3000:] + err[-3000:]
     assert "error line is above" not in out + err
+    # what the heartbeats knew: the step the rank had reported (it was stopped after step 10),
+    # not a record of the first interval (a finished step is written at once when the file is
+    # over a second old)
+    reported = re.search(r"its last heartbeat reported step (\d+)", lines[0])
+    assert reported and int(reported.group(1)) >= 10, lines[0]
     if timeout:
         assert f"rank 1 (host {socket.gethostname()}, pid {pid}) stalled: no heartbeat for" in lines[0], lines[0]
         assert "exit 76" in lines[0]
