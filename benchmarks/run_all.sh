@@ -10,6 +10,7 @@ echo "== ASPP head";       "$PY" benchmarks/aspp_bench.py
 echo "== weak scaling";    "$PY" benchmarks/scaling_bench.py
 echo "== shard checks";    "$PY" benchmarks/verify_bench.py
 echo "== integrity checks and a preemption checkpoint (ResNet-101)"; "$PY" benchmarks/integrity_bench.py
+echo "== the recovery copy of the state (ResNet-101)"; "$PY" benchmarks/recovery_bench.py
 ckpt="${CHECKPOINT:-demo_run/run}"
 if [[ -d "$ckpt" ]]; then
   echo "== evaluation";    "$PY" benchmarks/eval_bench.py --checkpoint "$ckpt"

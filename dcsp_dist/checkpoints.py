@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from dcsp_dist import workdir as layout
 from dcsp_dist.errors import UserError, first_line
 
 _NAME = re.compile(r"^ckpt-(\d+)\.index$")
@@ -175,7 +176,7 @@ class StageCheckpoints:
     def __init__(self, model, optimizer, directory: str, keep: int, extra: dict | None = None):
         """``extra``: more variables to save by name (a checkpoint without them restores
         and leaves them as they are)."""
-        self.directory = os.path.join(directory, "ckpt")
+        self.directory = layout.checkpoint_dir(directory)
         self.checkpoint = _tf().train.Checkpoint(model=model, optimizer=optimizer, **(extra or {}))
         self.keep = keep
         self.manager = None

@@ -27,6 +27,7 @@ import typing
 from typing import Any
 
 from dcsp_dist import atomic
+from dcsp_dist import workdir as layout
 from dcsp_dist.errors import UserError
 from dcsp_dist.preemption import DEFAULT_SIGNALS, parse_signals
 from dcsp_dist.stages import TRAINING_STAGES
@@ -478,7 +479,7 @@ def config_differences(workdir: str, settings: dict) -> list[str]:
     files (one per training stage started), bookkeeping settings aside."""
     diffs = []
     for stage in TRAINING_STAGES:
-        path = os.path.join(workdir, stage, "config.json")
+        path = layout.config_path(layout.stage_dir(workdir, stage))
         if not os.path.isfile(path) or os.path.islink(os.path.join(workdir, stage)):
             continue
         saved = flatten(atomic.read_json(path, "saved config"))   # in sections, or flat as older runs saved it
@@ -501,8 +502,8 @@ def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print
     if not allow:
         raise UserError(f"--workdir {workdir} was run with other settings ({'; '.join(diffs)}); relaunch with "
                          f"the same ones, or pass --allow-changed-config to go on with these (recorded in "
-                         f"{os.path.join(workdir, 'config_changes.json')})")
-    log_path = os.path.join(workdir, "config_changes.json")
+                         f"{layout.config_changes_path(workdir)})")
+    log_path = layout.config_changes_path(workdir)
     history = atomic.read_json(log_path, "config change log") if os.path.isfile(log_path) else []
     history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": diffs})
     atomic.write_json(log_path, history)

@@ -127,7 +127,7 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
     written, stopped = [], False
     for path in mine:
-        target = os.path.join(directory, os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord")
+        target = layout.cue_shard_path(directory, path)
         record = _finished(target, counts[path], stamps[path])
         if record is None:
             try:
@@ -193,7 +193,7 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
         summary.update(miou=result["miou"], iou=result["iou"].tolist(), confusion_matrix=matrix.tolist())
         distributed.log(metrics.format_table(result, manifest["class_names"], f"[{stage}] cue quality vs. training masks"))
     if ctx.is_chief:
-        atomic.write_json(os.path.join(layout.stage_dir(workdir, stage), "cues.json"), summary)
+        atomic.write_json(layout.cue_summary_path(layout.stage_dir(workdir, stage)), summary)
         done = {k: v for k, v in summary.items() if k in ("stage", "num_images", "miou", "seconds")}
         atomic.write_json(layout.done_path(workdir, stage), {**done, "records": records.records_digest(manifest)})
     distributed.barrier()

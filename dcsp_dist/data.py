@@ -14,6 +14,7 @@ import os
 import tensorflow as tf
 
 from dcsp_dist import records
+from dcsp_dist import workdir as layout
 from dcsp_dist.models.inputs import preprocess_image
 from dcsp_dist.records import IGNORE_LABEL
 
@@ -184,8 +185,7 @@ def cue_files_for(image_files: list[str], cue_dir: str) -> list[str]:
     """The cue shard mirroring each image shard (same index, ``.cues.tfrecord``)."""
     out = []
     for f in image_files:
-        name = os.path.basename(f)[: -len(".tfrecord")] + ".cues.tfrecord"
-        path = os.path.join(cue_dir, name)
+        path = layout.cue_shard_path(cue_dir, f)
         if not os.path.isfile(path):
             raise records.DataError(f"cue shard {path} is missing; run the cues stage first")
         out.append(path)

@@ -64,13 +64,12 @@ def default_out(checkpoint: str, split: str) -> str:
     if os.path.isdir(path):
         run = os.path.dirname(path) if os.path.basename(path) in layout.SCHEDULE else path
     else:
-        ckpt_dir = os.path.dirname(path)
-        stage_dir = os.path.dirname(ckpt_dir)
-        if os.path.basename(ckpt_dir) != "ckpt" or os.path.basename(stage_dir) not in layout.SCHEDULE:
+        stage_dir = layout.stage_of_checkpoint(path)
+        if stage_dir is None or os.path.basename(stage_dir) not in layout.SCHEDULE:
             raise UserError(f"--checkpoint {checkpoint} is not inside a run directory (<run>/<stage>/ckpt/); "
-                             f"give --out for its results")
+                            f"give --out for its results")
         run = os.path.dirname(stage_dir)
-    return os.path.join(run, f"eval_{split}")
+    return layout.eval_dir(run, split)
 
 
 def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:

@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 
 from dcsp_dist import atomic, geometry
+from dcsp_dist import workdir as layout
 from dcsp_dist.errors import UserError, first_line
 
 
@@ -141,7 +142,8 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
 def class_names_for(prefix: str, cfg) -> list[str]:
     """The run's class list, saved beside the checkpoint's config.json (``classes.json``,
     written by training); ``class <i>`` names for runs saved before it was."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "classes.json")   # stage dir
+    stage = layout.stage_of_checkpoint(prefix)
+    path = layout.classes_path(stage) if stage else ""
     if os.path.isfile(path):
         names = atomic.read_json(path, "class list")["class_names"]
         if len(names) == cfg.model.num_classes:

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Iterable
 
+from dcsp_dist import workdir as layout
 from dcsp_dist.errors import UserError, first_line
 
 SCHEMA_VERSION = 1
@@ -206,15 +207,15 @@ def check_cue_shards(cue_dir: str, files: list[str], stage: str) -> None:
     """This rank's cue shards against the cue stage's record of them (``cues.json``):
     each exists with the size and count written. A damaged one is named as a cue shard."""
     import json
-    summary_path = os.path.join(cue_dir, "cues.json")
+    summary_path = layout.cue_summary_path(cue_dir)
     try:
         with open(summary_path) as fh:
             recorded = {s["file"]: s for s in json.load(fh).get("shards", [])}
     except (OSError, ValueError):
         return   # checked by the stage's done-marker; runs written before the record have none
-    fix = f"rerun --stage {stage} (delete {os.path.join(cue_dir, 'done.json')} first)"
+    fix = f"rerun --stage {stage} (delete {os.path.join(cue_dir, layout.DONE)} first)"
     for path in files:
-        name = os.path.basename(path)[: -len(".tfrecord")] + ".cues.tfrecord"
+        name = layout.cue_shard_name(path)
         entry, cue_path = recorded.get(name), os.path.join(cue_dir, name)
         if entry is None:
             continue
@@ -271,6 +272,6 @@ def damaged_shard_message(directory: str, manifest: dict, files: list[str], erro
     if culprits or not cue_dir:
         return (f"damaged records in {where} ({first}); run python -m data_tools.verify {directory} "
                 f"and rebuild the split")
-    cues = [os.path.join(cue_dir, os.path.basename(f)[: -len(".tfrecord")] + ".cues.tfrecord") for f in files]
+    cues = [layout.cue_shard_path(cue_dir, f) for f in files]
     return (f"damaged records in one of the cue shards {', '.join(cues)} ({first}): the image shards match "
             f"their manifest; rerun --stage {os.path.basename(os.path.normpath(cue_dir))}")

@@ -185,8 +185,8 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     spec, directory = stage_table.get(stage), layout.stage_dir(workdir, stage)
     if world.context.is_chief:
         os.makedirs(directory, exist_ok=True)
-        atomic.write_json(os.path.join(directory, "config.json"), json.loads(cfg.to_json()))
-        atomic.write_json(os.path.join(directory, "classes.json"), {"class_names": inputs.manifest["class_names"]})
+        atomic.write_json(layout.config_path(directory), json.loads(cfg.to_json()))
+        atomic.write_json(layout.classes_path(directory), {"class_names": inputs.manifest["class_names"]})
     cue_dir = layout.stage_dir(workdir, spec.cues) if spec.cues else None
     if cue_dir:
         mine = records.files_for_rank(inputs.shards, world.context.rank, world.context.size)
@@ -211,7 +211,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model, trainer.lr_scale)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
     world.train(start, batches, loop, StageRun(
-        stage, trainer.steps, trainer.model, trainer.optimizer, os.path.join(directory, "heartbeat"),
+        stage, trainer.steps, trainer.model, trainer.optimizer, layout.heartbeat_dir(directory),
         cfg.run.stall_timeout, cfg.run.elastic_commit_every, cfg.per_rank_batch, (trainer.lr_scale,)))
     _finish(loop, world.context, start)
     return trainer

@@ -16,7 +16,7 @@ STAGE_NAMES="$(PYTHONPATH="$REPO_DIR" "$( [[ -x "$REPO_DIR/.venv/bin/python" ]] 
 
 COMMON_HELP='Job (what every launcher needs):
   --stage S        '"${STAGE_NAMES// / | }"' | all
-  --config C       preset: voc_paper | synthetic_demo | tiny_test
+  --config C       preset: voc_paper | synthetic_demo | own_data | tiny_test
   --data DIR       TFRecords directory (data_tools.build)
   --workdir DIR    run directory
   --evaluate       run dcsp_dist.evaluate on --workdir instead of training (no --stage/--config)

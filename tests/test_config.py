@@ -114,7 +114,7 @@ def test_each_section_checks_itself():
 
 def test_presets_are_one_file_each():
     from dcsp_dist import configs
-    assert set(configs.names()) == {"voc_paper", "synthetic_demo", "tiny_test"}
+    assert set(configs.names()) == {"voc_paper", "synthetic_demo", "own_data", "tiny_test"}
     for name in configs.names():
         module = importlib.import_module(f"dcsp_dist.configs.{name}")
         assert len(module.__doc__) > 100 and config.preset(name).name == name
