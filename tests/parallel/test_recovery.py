@@ -56,3 +56,29 @@ def test_a_run_that_cannot_be_recovered_stops_after_the_bound_with_the_last_good
     values = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "model" in k]
     assert values and all(np.all(np.isfinite(v)) for v in values if np.issubdtype(np.asarray(v).dtype, np.floating))
     assert not (workdir / "attention" / "done.json").exists() and not (workdir / ".lock").exists()
+
+
+def test_an_elastic_job_rolls_back_on_every_worker_alike(synth_records, tmp_path):
+    """Horovod elastic (launch/elastic.sh, two workers): the same roll-back decided on each
+    worker from the step's averaged losses, the rate's scale part of the elastic state, and
+    the stage ends with every rank on the same weights."""
+    import subprocess
+    import sys
+
+    from tests.hvd import ROOT
+    workdir = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1", DCSP_THREADS="1",
+               PYTHONPATH=ROOT, PYTHON=sys.executable)
+    cmd = ["bash", "launch/elastic.sh", "--min-np", "2", "--max-np", "2", "-H", "localhost:1,127.0.0.1:1",
+           "--elastic-timeout", "120", "--stage", "attention", "--config", "tiny_test", "--data", str(synth_records),
+           "--workdir", str(workdir), "--", *FLAGS[6:], "--set", "elastic_commit_every=3", "--set", "base_lr=1e5",
+           "--set", "recovery_lr_factor=1e-7"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    events = _events(out)
+    assert len(events) == 1 and events[0][3] == "0", out[-4000:]
+    done = json.load(open(workdir / "attention" / "done.json"))
+    assert len(done["recoveries"]) == 1 and done["steps"] == 12
+    digests = re.findall(r"rank \d on \S+: weights sha256 (\w+)", out)
+    assert len(digests) == 2 and len(set(digests)) == 1, out[-3000:]
