@@ -13,7 +13,7 @@ out of ``Config.stamp``, which stamps outputs, and may change on a resume.
 
 Presets live one per file in ``dcsp_dist/configs/`` (``voc_paper``, ``synthetic_demo``,
 ``tiny_test``), each with its rationale. A run saves its resolved config as ``config.json``
-in sections; files saved flat by earlier versions load too, and the digest (which names a
+in sections; files in config format v1 (flat) load too, and the digest (which names a
 config in logs and cue records) is computed over the flat settings, so it is what it was.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ import difflib
 import hashlib
 import json
 import os
-import typing
 from typing import Any
 
 from dcsp_dist import atomic
@@ -256,7 +255,8 @@ ADDED_SINCE_V1 = {name: getattr(RunConfig(), name) for name in
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a DCSP run, in sections; defaults are the paper's (docs/method.md §1-5).
-    ``cfg.<flat name>`` reads any setting (``cfg.crf.iterations`` is ``cfg.crf.iterations``)."""
+    Code reads a setting by its section (``cfg.crf.iterations``); flat names are for the edges
+    (``--set``, config format v1 files, ``replace``)."""
     name: str = "voc_paper"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
@@ -361,7 +361,7 @@ def resolve(key: str) -> tuple[str, str]:
 
 def flatten(values: dict) -> dict:
     """A saved or given config in sections (``{"crf": {"iterations": 5}}``) or flat
-    (``{"crf_iterations": 5}``, as earlier versions saved it) as ``{flat name: value}``."""
+    (``{"crf_iterations": 5}``, config format v1) as ``{flat name: value}``."""
     out = {}
     for key, value in values.items():
         if key in SECTIONS and isinstance(value, dict):
@@ -378,9 +378,13 @@ def preset(name: str) -> Config:
     return configs.get(name)
 
 
+# The annotations of the sections' fields, which are strings under ``from __future__ import annotations``.
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
+
+
 def _coerce(field: dataclasses.Field, value: Any) -> Any:
     """Convert a command-line string (or JSON value) to the field's type."""
-    kind = field.type if not isinstance(field.type, str) else eval(field.type, vars(typing), {})  # noqa: S307
+    kind = field.type if not isinstance(field.type, str) else _TYPES[field.type]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -463,7 +467,7 @@ def _flat_name(key: str) -> str:
 
 def load_saved(path: str) -> Config:
     """A config saved as JSON by a run (``config.json`` in a stage directory), in sections or
-    flat as earlier versions wrote it. Settings this version does not know are ignored, and
+    flat (config format v1). Settings this version does not know are ignored, and
     ones added since keep their defaults."""
     with open(path) as fh:
         values = flatten(json.load(fh))
@@ -482,7 +486,7 @@ def config_differences(workdir: str, settings: dict) -> list[str]:
         path = layout.config_path(layout.stage_dir(workdir, stage))
         if not os.path.isfile(path) or os.path.islink(os.path.join(workdir, stage)):
             continue
-        saved = flatten(atomic.read_json(path, "saved config"))   # in sections, or flat as older runs saved it
+        saved = flatten(atomic.read_json(path, "saved config"))   # in sections, or flat (config format v1)
         for key in sorted(set(saved) & set(settings)):   # a setting added since keeps its default
             if key in BOOKKEEPING or saved[key] == settings[key]:
                 continue

@@ -141,7 +141,7 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
 
 def class_names_for(prefix: str, cfg) -> list[str]:
     """The run's class list, saved beside the checkpoint's config.json (``classes.json``,
-    written by training); ``class <i>`` names for runs saved before it was."""
+    written by training); ``class <i>`` names for a run without one."""
     stage = layout.stage_of_checkpoint(prefix)
     path = layout.classes_path(stage) if stage else ""
     if os.path.isfile(path):

@@ -212,7 +212,7 @@ def check_cue_shards(cue_dir: str, files: list[str], stage: str) -> None:
         with open(summary_path) as fh:
             recorded = {s["file"]: s for s in json.load(fh).get("shards", [])}
     except (OSError, ValueError):
-        return   # checked by the stage's done-marker; runs written before the record have none
+        return   # checked by the stage's done-marker; a run without the record has none
     fix = f"rerun --stage {stage} (delete {os.path.join(cue_dir, layout.DONE)} first)"
     for path in files:
         name = layout.cue_shard_name(path)

@@ -281,7 +281,7 @@ def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
     if not layout.is_done(workdir, stage):
         return False
     made_from, now = layout.read_done(workdir, stage).get("records"), records.records_digest(inputs.manifest)
-    if made_from not in (None, now):    # runs written before done.json recorded it: taken as they are
+    if made_from not in (None, now):    # a done.json without the record: taken as it is
         if not stage_table.get(stage).trains:
             distributed.log(f"[{stage}] the training records changed since this stage was done; redoing it "
                             f"(cue shards of unchanged image shards are kept)")
