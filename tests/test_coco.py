@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from data_tools.sources.coco import paint_mask, read_coco
-from tests.coco_fixture import CAT_TO_LABEL, NAMES, VOC_TO_CAT, write_coco
-from tests.hvd import run_python
+from tests.support.coco_fixture import CAT_TO_LABEL, NAMES, VOC_TO_CAT, write_coco
+from tests.support.hvd import run_python
 
 
 def test_classes_tags_and_masks_follow_the_rule(synth_voc, tmp_path):

@@ -272,7 +272,7 @@ def test_training_pipeline_batches_and_rank_seeds(synth_records):
 def test_a_build_is_byte_for_byte_reproducible(synth_voc, tmp_path):
     """The same images give the same shard files in two processes (the Example's feature map
     is serialised in key order), so a manifest's sha256 names the data, not the run."""
-    from tests.hvd import run_python
+    from tests.support.hvd import run_python
     lists = synth_voc / "ImageSets" / "Segmentation" / "val.txt"
     digests = []
     for out in ("a", "b"):
@@ -319,3 +319,19 @@ def test_a_full_disk_while_publishing_replaces_nothing_and_a_late_failure_says_s
     err = capsys.readouterr().err
     assert "after 2 of 3 shards were replaced" in err and "build it again" in err and "nothing was replaced" not in err
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_uneven_records_per_rank_warn_only_when_it_matters(synth_records, tmp_path):
+    """Over 10 % more records on the fullest rank than on the emptiest: a warning with the
+    --num-shards that evens them; 23 against 22 (the own-photo recipe's 45 photos over 2
+    ranks) is quiet."""
+    shutil.copytree(synth_records, tmp_path / "r")
+    manifest = json.load(open(tmp_path / "r" / "train.manifest.json"))
+    said = []
+    records.check_balance(str(tmp_path / "r"), manifest, 3, said.append)              # 12, 6, 6 records
+    assert len(said) == 1 and "uneven records per rank over 3 ranks: min 6, max 12" in said[0]
+    for shard, n in zip(manifest["shards"], (12, 11, 11, 11)):                          # 23 and 22 over 2
+        shard["num_examples"] = n
+    said.clear()
+    records.check_balance(str(tmp_path / "r"), manifest, 2, said.append)
+    assert said == []

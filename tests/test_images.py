@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_tools import build, saliency
 from dcsp_dist import images, records
-from tests import image_corpus
+from tests.support import image_corpus
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.hvd import ROOT
+from tests.support.hvd import ROOT
 
 JOB = ["--stage", "all", "--config", "voc_paper", "--data", "/data/my records", "--workdir", "/runs/voc"]
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from dcsp_dist import crf, crf_pool, metrics
-from tests.hvd import spawned_workers
+from tests.support.hvd import spawned_workers
 
 
 def test_confusion_and_miou_match_independent_reference():

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from tests.hvd import ROOT
+from tests.support.hvd import ROOT
 
 SCRIPT = """
 import json, os, signal, sys, time

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from tests.hvd import run_ranks
+from tests.support.hvd import run_ranks
 
 
 @pytest.fixture(scope="session", autouse=True)
 def horovod_built():
     """What horovodrun asks before each launch (its TensorFlow extension's ``gloo_built()`` and
-    ``mpi_built()``), asked once, in one process: the controllers tests/horovodrun.py may then
+    ``mpi_built()``), asked once, in one process: the controllers tests/support/horovodrun.py may then
     take as built instead of asking again at every launch."""
     script = "import horovod.tensorflow as hvd; print(','.join(n for n, ok in (('gloo', hvd.gloo_built()), " \
              "('mpi', hvd.mpi_built())) if ok))"

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from tests.hvd import run_ranks
+from tests.support.hvd import run_ranks
 
 # 12 attention steps of the tiny preset; the stage ends with every rank's weight digest.
 STEPS = ("--set", "attention_steps=12", "--set", "checkpoint_every=12", "--set", "log_every=1")

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from tests.hvd import ROOT
+from tests.support.hvd import ROOT
 
 STEPS, COMMIT = 300, 5
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dcsp_dist import palette
-from tests.hvd import run_python, run_ranks
+from tests.support.hvd import run_python, run_ranks
 
 
 def _evaluate(num_ranks, run, data, out, *extra):

@@ -1,7 +1,7 @@
 """Horovod really averages gradients and reduces integers exactly (2 real processes)."""
 import numpy as np
 
-from tests.hvd import run_ranks
+from tests.support.hvd import run_ranks
 
 
 def _load(path):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from dcsp_dist import atomic
-from tests.hvd import run_python, run_ranks
+from tests.support.hvd import run_python, run_ranks
 
 TRAIN = ["-m", "dcsp_dist.train", "--config", "tiny_test", "--set", "checkpoint_every=2",
          "--set", "attention_steps=8", "--set", "image_summary_every=1000"]

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.hvd import ROOT, run_ranks
+from tests.support.hvd import ROOT, run_ranks
 
 SSHD = "/usr/sbin/sshd"
 PORT = 2222

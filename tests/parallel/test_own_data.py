@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from tests.hvd import run_python, run_ranks
+from tests.support.hvd import run_python, run_ranks
 
 CLASSES = ["pointy", "boxy", "round"]
 # The synthetic set's VOC ids -> our 3 classes: triangle; rectangle and square; the rest.
@@ -101,7 +101,7 @@ def test_coco_fixture_end_to_end(synth_voc, tmp_path):
     """A COCO-format fixture (non-contiguous category ids, polygons, RLE, a crowd region, an
     image without annotations) built, verified, trained (--stage all, 2 ranks) and evaluated
     (2 ranks): tables and results.json show the file's names and a 4x4 matrix."""
-    from tests.coco_fixture import NAMES, write_coco
+    from tests.support.coco_fixture import NAMES, write_coco
     records = tmp_path / "records"
     for split in ("train", "val"):
         path = tmp_path / f"instances_{split}.json"

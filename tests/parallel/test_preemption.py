@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tests.hvd import HOROVODRUN, ROOT, run_ranks, spawned_workers
 from tests.parallel.test_elastic import _watch, _worker_pids
+from tests.support.hvd import HOROVODRUN, ROOT, run_ranks, spawned_workers
 
 STEPS = 40
 FLAGS = ["-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test", "--set", f"attention_steps={STEPS}",

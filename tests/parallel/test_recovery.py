@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from tests.hvd import run_ranks
+from tests.support.hvd import run_ranks
 
 FLAGS = ["-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test", "--set", "attention_steps=12",
          "--set", "checkpoint_every=1000", "--set", "log_every=1"]
@@ -65,7 +65,7 @@ def test_an_elastic_job_rolls_back_on_every_worker_alike(synth_records, tmp_path
     import subprocess
     import sys
 
-    from tests.hvd import ROOT
+    from tests.support.hvd import ROOT
     workdir = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", HOROVOD_CYCLE_TIME="1", DCSP_THREADS="1",
                PYTHONPATH=ROOT, PYTHON=sys.executable)

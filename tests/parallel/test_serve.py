@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tests.hvd import ROOT, run_python, run_ranks
+from tests.support.hvd import ROOT, run_python, run_ranks
 
 PHOTOS = os.path.join(ROOT, "tests", "data", "real_voc", "images")
 STEMS = ["2007_000033", "2007_000129", "2007_000346"]
@@ -97,7 +97,7 @@ def test_predict_images_reads_photos_as_people_have_them(tiny_run, tmp_path):
     """The image corpus (EXIF-rotated, 16-bit, CMYK, grey, palette with alpha, non-ASCII
     names; truncated, empty, over the bomb limit) over 2 ranks: a mask per good image, upright,
     each bad one named once, the rest done."""
-    from tests import image_corpus
+    from tests.support import image_corpus
     workdir, _ = tiny_run
     folder = tmp_path / "corpus"
     folder.mkdir()

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.hvd import ROOT, run_ranks
+from tests.support.hvd import ROOT, run_ranks
 
 STEPS = 200          # the tiny jobs: signalled after their step 10, they stopped at steps 13-41 (once 102)
 RESNET_STEPS = 75    # still training when B has been preempted (it was at step 37-55 then; 97-pixel crops are fast)
@@ -277,7 +277,7 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
         save, and A would have restarted by then)."""
         (workdir / ".lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "earlier",
                                                    "token": "from-before-the-requeue", "slurm_job_id": job,
-                                                   "slurm_restart": 0}))
+                                                   "slurm_restart": 0, "beat": 5}))   # watched 2 x 5 s
         state, _, info = _job_state(env, job)
         restarted = state in ("RUNNING", "CONFIGURING") or out.read_text().count("srun --mpi") > 1
         assert not restarted, "A restarted before its lock was written: " + info

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.hvd import HOROVODRUN, ROOT
+from tests.support.hvd import HOROVODRUN, ROOT
 
 TIMEOUT = 10
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from tests.hvd import ROOT, run_python, run_ranks
+from tests.support.hvd import ROOT, run_python, run_ranks
 
 
 def _load(path):

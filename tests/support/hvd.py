@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Horovod's own launcher, minus its per-launch build check (tests/horovodrun.py says why).
-HOROVODRUN = [sys.executable, "-m", "tests.horovodrun"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Horovod's own launcher, minus its per-launch build check (tests/support/horovodrun.py says why).
+HOROVODRUN = [sys.executable, "-m", "tests.support.horovodrun"]
 
 
 def run_ranks(num_ranks: int, *args: str, timeout: int = 900, check: bool = True,
