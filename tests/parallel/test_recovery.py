@@ -10,7 +10,7 @@ import numpy as np
 
 from tests.support.hvd import run_ranks
 
-FLAGS = ["-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test", "--set", "attention_steps=12",
+FLAGS = ["-m", "dcsp_dist.train", "--stage", "attention", "--config", "tiny_test", "--set", "attention_steps=8",
          "--set", "checkpoint_every=1000", "--set", "log_every=1"]
 
 
@@ -28,11 +28,11 @@ def test_a_rate_that_blows_up_is_rolled_back_on_every_rank_and_the_run_finishes(
     count, why, step, back_to, scale = events[0]
     assert "non-finite" in why and back_to == "0" and float(scale) == 1e-7
     done = json.load(open(workdir / "attention" / "done.json"))
-    assert done["steps"] == 12 and [(e["step"], e["back_to"]) for e in done["recoveries"]] == [(int(step), 0)]
+    assert done["steps"] == 8 and [(e["step"], e["back_to"]) for e in done["recoveries"]] == [(int(step), 0)]
     # every rank held the same weights at the end (the stage checks it) and they are finite
     digests = re.findall(r"rank \d on \S+: weights sha256 (\w+)", proc.stdout)
     assert len(digests) == 2 and len(set(digests)) == 1
-    assert re.search(r"step 12/12 .* lr \d", proc.stdout)
+    assert re.search(r"step 8/8 .* lr \d", proc.stdout)
     from tensorflow.python.summary.summary_iterator import summary_iterator
     tags = set()
     for name in os.listdir(workdir / "attention" / "tb"):
@@ -79,6 +79,6 @@ def test_an_elastic_job_rolls_back_on_every_worker_alike(synth_records, tmp_path
     events = _events(out)
     assert len(events) == 1 and events[0][3] == "0", out[-4000:]
     done = json.load(open(workdir / "attention" / "done.json"))
-    assert len(done["recoveries"]) == 1 and done["steps"] == 12
+    assert len(done["recoveries"]) == 1 and done["steps"] == 8
     digests = re.findall(r"rank \d on \S+: weights sha256 (\w+)", out)
     assert len(digests) == 2 and len(set(digests)) == 1, out[-3000:]
