@@ -127,11 +127,8 @@ def cache_dir() -> str:
 
 
 def file_hash(path: str, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from dcsp_dist.atomic import file_digest
+    return file_digest(path, algorithm)
 
 
 def _matches(path: str, known: str) -> bool:

@@ -40,6 +40,16 @@ def read_json(path: str, what: str = "state file") -> dict:
                          f"delete it to redo what it records") from None
 
 
+def file_digest(path: str, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def temp_name(path: str) -> str:
     """A temporary name beside ``path`` unique across hosts and processes (PIDs repeat
     across hosts and pods on a shared filesystem)."""

@@ -89,9 +89,9 @@ def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
             v = int(255 * (1 - norm[i, j]))
             draw.rectangle([margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1,
                             margin + (i + 1) * cell - 1], fill=(v, v, 255))
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    tmp = atomic.temp_name(path)
+    img.save(tmp, format="PNG")
+    atomic.publish(tmp, path)
 
 
 def evaluate(args, ctx) -> dict | None:

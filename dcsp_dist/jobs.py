@@ -42,8 +42,9 @@ def parse_scales(text: str | None, default) -> tuple:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise UserError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
-    if not scales or scales[0] != 1.0 or min(scales) <= 0:
-        raise UserError(f"--scales {text!r}: the first scale must be 1 and all must be > 0")
+    if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
+        raise UserError(f"--scales {text!r}: the first scale must be 1 and all must lie in (0, 1], as the "
+                        f"settings' cue_scales and eval_scales")
     return scales
 
 

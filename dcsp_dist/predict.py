@@ -58,9 +58,9 @@ def save_palette_png(label, path: str) -> None:
     from dcsp_dist.palette import palette
     image = Image.fromarray(label.astype("uint8"), mode="P")
     image.putpalette(palette())
-    tmp = path + ".tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    tmp = atomic.temp_name(path)
+    image.save(tmp, format="PNG")
+    atomic.publish(tmp, path)
 
 
 def save_overlay(image, label, path: str, class_names=None) -> None:
@@ -83,9 +83,9 @@ def save_overlay(image, label, path: str, class_names=None) -> None:
             draw.rectangle([4, y, 16, y + 12], fill=tuple(int(v) for v in cmap[c]), outline="black")
             draw.text((22, y), class_names[c] if c < len(class_names) else f"class {c}", fill="black")
         strip = canvas
-    tmp = path + ".tmp.jpg"
-    strip.save(tmp, quality=90)
-    os.replace(tmp, path)
+    tmp = atomic.temp_name(path)
+    strip.save(tmp, format="JPEG", quality=90)
+    atomic.publish(tmp, path)
 
 
 def predict(args, ctx) -> int:
@@ -126,9 +126,10 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
     tar = args.layout == "voc" and not args.no_tar
     if tar:
         archive = os.path.join(staging, "results.tar.gz")
-        with tarfile.open(archive + ".tmp", "w:gz") as tar:
+        partial = atomic.temp_name(archive)
+        with tarfile.open(partial, "w:gz") as tar:
             tar.add(os.path.join(staging, "results"), arcname="results")
-        atomic.publish(archive + ".tmp", archive)
+        atomic.publish(partial, archive)
     what = {"images": args.images} if args.images else {"split": args.split}
     atomic.write_json(os.path.join(staging, MARKER), {**what, "checkpoint": args.checkpoint, "num_images": total,
                                                         "layout": args.layout, "unreadable": unreadable})

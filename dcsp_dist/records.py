@@ -14,12 +14,17 @@ import json
 import os
 from typing import Iterable
 
+from dcsp_dist import atomic
 from dcsp_dist import workdir as layout
 from dcsp_dist.errors import UserError, first_line
 
 SCHEMA_VERSION = 1
 # In masks and cues, 255 marks pixels that no loss or metric counts (docs/method.md §1); class ids are 0..254.
 IGNORE_LABEL = 255
+# PASCAL VOC's classes; index = class id, 0 is background (docs/method.md §1).
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 
 
 def shard_name(split: str, index: int, count: int, suffix: str = "tfrecord") -> str:
@@ -40,7 +45,6 @@ def id_problem(image_id: str) -> str | None:
 
 def records_digest(manifest: dict) -> str:
     """16 hex digits over a split's shard sha256s: what a stage's outputs were made from."""
-    import hashlib
     return hashlib.sha256("\n".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()[:16]
 
 
@@ -49,11 +53,7 @@ def manifest_path(directory: str, split: str) -> str:
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return atomic.file_digest(path)
 
 
 def multi_hot(tag_ids: Iterable[int], num_tags: int) -> list[float]:

@@ -211,8 +211,10 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model, trainer.lr_scale)
     loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
     world.train(start, batches, loop, StageRun(
-        stage, trainer.steps, trainer.model, trainer.optimizer, layout.heartbeat_dir(directory),
-        cfg.run.stall_timeout, cfg.run.elastic_commit_every, cfg.per_rank_batch, (trainer.lr_scale,)))
+        stage=stage, steps=trainer.steps, model=trainer.model, optimizer=trainer.optimizer,
+        heartbeat_dir=layout.heartbeat_dir(directory), stall_timeout=cfg.run.stall_timeout,
+        commit_every=cfg.run.elastic_commit_every, per_rank_batch=cfg.per_rank_batch,
+        extra_state=(trainer.lr_scale,)))
     _finish(loop, world.context, start)
     return trainer
 

@@ -11,13 +11,10 @@ import os
 import xml.etree.ElementTree as ET
 
 from data_tools.sources.base import Source, SourceError, load_files
+from dcsp_dist.records import VOC_CLASSES
 
 # Index = class id; 0 is background, 255 is "ignore" in ground-truth masks (docs/method.md §1).
-CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)
+CLASS_NAMES = VOC_CLASSES
 
 
 def check_root_and_list(root: str, split_list: str) -> str | None:

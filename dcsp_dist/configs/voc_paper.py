@@ -10,10 +10,7 @@ differ: docs/conformance.md); this preset adds VOC's class count, background plu
 classes (the records' class list decides it when training; see Config.with_classes).
 """
 from dcsp_dist.config import Config, ModelConfig
-
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+from dcsp_dist.records import VOC_CLASSES
 
 
 def get_config() -> Config:
