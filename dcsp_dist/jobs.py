@@ -101,7 +101,7 @@ class Job:
         overlap. Damaged records end as one DataError naming the shard."""
         import tensorflow as tf
 
-        from dcsp_dist import crf_pool, preemption, records
+        from dcsp_dist import crf_pool, preemption
         from dcsp_dist.inference import probability_fn_for
         probabilities = probability_fn_for(self.model, self.cfg, self.scales)
         try:
@@ -111,7 +111,12 @@ class Job:
                     return
                 yield item
         except tf.errors.DataLossError as exc:
-            raise records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc)) from None
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc):
+        """The one-line error for damaged input met during ``results``."""
+        from dcsp_dist import records
+        return records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc))
 
     def count_and_agree(self, count: int) -> int:
         """The images done over all ranks; raises Preempted on every rank when any rank
@@ -139,12 +144,18 @@ class ImageJob(Job):
         from dcsp_dist.images import list_images
         from dcsp_dist.inference import class_names_for
         self.check_arguments(args, out_dir, marker)
+        self.images = args.images
         images = list_images(args.images, args.list)
         self.mine = images[ctx.rank::ctx.size]
         self.num_images = len(self.mine)
         self.manifest = {"num_examples": len(images)}
         self._load_model(args, ctx)
         self.class_names = class_names_for(self.checkpoint, self.cfg)
+
+    def _damaged(self, exc):
+        from dcsp_dist import records
+        from dcsp_dist.errors import first_line
+        return records.DataError(f"--images {self.images}: reading the photos failed ({first_line(exc)})")
 
     @property
     def dataset(self):
