@@ -291,7 +291,7 @@ def test_a_full_disk_while_publishing_replaces_nothing_and_a_late_failure_says_s
     import errno
     lists = synth_voc / "ImageSets" / "Segmentation"
     out = tmp_path / "records"
-    args = ["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--split", "train", "--out", str(out),
+    args = ["--root", str(synth_voc), "--split-list", str(lists / "val.txt"), "--split", "val", "--out", str(out),
             "--num-shards", "4", "--quiet"]
     assert build.main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
