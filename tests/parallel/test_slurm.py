@@ -85,6 +85,9 @@ SlurmctldHost={host}
 AuthType=auth/munge
 AuthInfo=cred_expire=30
 MessageTimeout=60
+# a finished job stays visible to scontrol for the test's later waits (300 s by default: a job that
+# ended early was purged before the test looked, and the wait ran out)
+MinJobAge=3600
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SlurmctldPort=6817
