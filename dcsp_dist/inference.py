@@ -119,7 +119,6 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     """
     from dcsp_dist import checkpoints
     from dcsp_dist import config as config_lib
-    from dcsp_dist import workdir as layout
     from dcsp_dist.models import build_model
 
     prefix, config_path = layout.final_checkpoint(checkpoint)
