@@ -25,7 +25,8 @@ from tests.support.hvd import ROOT, run_ranks
 
 STEPS = 200          # the tiny jobs: signalled after their step 10, they stopped at steps 13-41 (once 102)
 RESNET_STEPS = 75    # still training when B has been preempted (it was at step 37-55 then; 97-pixel crops are fast)
-GPUS = 6            # stand-in GPUs (and CPUs, config_overrides): three 2-task jobs at once
+GPUS = 8            # stand-in GPUs (and CPUs, config_overrides): the three 2-task jobs and, after their
+                    # requeue, the 2-task job that never trains fit at once: nothing preempts B's second run
 FLAGS = ["--set", f"attention_steps={STEPS}", "--set", "checkpoint_every=1000", "--set", "log_every=1",
          "--set", "image_summary_every=1000", "--set", "require_gpu=false"]
 
@@ -255,11 +256,11 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     low_dir, low_out = tmp_path / "low", tmp_path / "low.out"
     low = _sbatch(env, low_out, "--stage", "attention", "--config", "tiny_test", "--data", str(synth_records),
                   "--workdir", str(low_dir), "--", *FLAGS, partition="low")
-    # B first, at its step 10, while every GPU is held (A's and R's jobs hold theirs from their start): the higher
-    # partition's job can only get B's. R right after, then A at its own step 10: each still training when signalled.
+    # B first, at its step 10, while six of the eight GPUs are held (A's and R's jobs hold theirs from their start):
+    # the higher partition's job asks for four, so it can only start with B's. R right after, then A at its own step 10: each still training when signalled.
     _wait_for_step(env, [(low, low_out)], 10)
     low_start = time.time()
-    _run(["sbatch", "--parsable", "--partition=main", "--nodes=1", "--gpus-per-node=2", "--ntasks=1",
+    _run(["sbatch", "--parsable", "--partition=main", "--nodes=1", "--gpus-per-node=4", "--ntasks=1",
           f"--output={tmp_path / 'preemptor.out'}", "--wrap", "sleep 2"], env=env)
     deadline = time.time() + 60
     while "CANCELLED AT" not in low_out.read_text() and time.time() < deadline:
