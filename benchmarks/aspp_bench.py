@@ -46,8 +46,8 @@ def model_step(cfg, atrous: bool):
     import keras
     import tensorflow as tf
 
-    from dcsp_dist import losses
     from dcsp_dist.models import build_model, deeplab, parameter_groups
+    from dcsp_dist.training import losses
     keep = deeplab.AtrousConv2D
     if not atrous:   # the same model with Keras' own dilated convolutions in the head
         deeplab.AtrousConv2D = lambda filters, d, **kw: keras.layers.Conv2D(

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dcsp_dist.crf import CRFParams, crf_on_labels, select_labels  # noqa: E402
+from dcsp_dist.inference.crf import CRFParams, crf_on_labels, select_labels  # noqa: E402
 
 H, W = 375, 500
 
@@ -120,12 +120,12 @@ def handoff(image, probs, params, reps=5):
 
 def model_pairs(checkpoint, data):
     """(image, probabilities, mask) of every val image, as evaluation computes them."""
-    from dcsp_dist import data as data_lib
-    from dcsp_dist.inference import load_for_inference, probability_fn_for
+    from dcsp_dist.data import pipeline
+    from dcsp_dist.inference.predictor import load_for_inference, probability_fn_for
     model, cfg, _ = load_for_inference(checkpoint)
     probabilities = probability_fn_for(model, cfg)
     out = []
-    for ex in data_lib.make_inference_dataset(data, "val", need_mask=True):
+    for ex in pipeline.make_inference_dataset(data, "val", need_mask=True):
         probs = probabilities(ex["image"]).numpy()
         out.append((ex["image"].numpy(), probs, ex["mask"].numpy()))
     return out, cfg.crf
@@ -151,7 +151,7 @@ def main(argv=None):
         for name, (size, seconds) in handoff(*pairs[0], params).items():
             print(f"  hand-off, {name}: {size / 1e6:.1f} MB pickled, {1000 * seconds:.1f} ms pickle + unpickle")
     if args.checkpoint:
-        from dcsp_dist import metrics
+        from dcsp_dist.inference import metrics
         items, params = model_pairs(args.checkpoint, args.data)
         params = CRFParams(**{**params.__dict__, "label_margin": args.margin})
         r = compare([(i, p) for i, p, _ in items], params)

@@ -31,7 +31,8 @@ def main():
     from PIL import Image
 
     from data_tools import build, synth
-    from dcsp_dist import config, data
+    from dcsp_dist import config
+    from dcsp_dist.data import pipeline
 
     work = tempfile.mkdtemp(prefix="dcsp_data_bench_")
     root = os.path.join(work, "voc")
@@ -60,7 +61,7 @@ def main():
         return seen / elapsed
 
     # (a) TFRecords
-    records = data.make_train_dataset(os.path.join(work, "rec"), cfg, batch, shuffle=True)
+    records = pipeline.make_train_dataset(os.path.join(work, "rec"), cfg, batch, shuffle=True)
     records = records.map(lambda b: {"image": b["image"]})
 
     # (b) one JPEG + one .npz per image from the VOC directory, same decode + augment
@@ -74,7 +75,7 @@ def main():
         sal = tf.numpy_function(load_npz, [npz], tf.uint8)
         sal.set_shape([None, None])
         ex = {"id": jpg, "image": image, "tags": tf.zeros([20]), "saliency": sal}
-        return data.augment(ex, cfg.input, tf.stack([tf.constant(0, tf.int64), index]), maps=("saliency",))
+        return pipeline.augment(ex, cfg.input, tf.stack([tf.constant(0, tf.int64), index]), maps=("saliency",))
 
     files = tf.data.Dataset.from_tensor_slices(([p[0] for p in paths], [p[1] for p in paths]))
     loader = (files.shuffle(len(paths)).repeat().enumerate()

@@ -52,8 +52,8 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
     import tensorflow as tf
     from PIL import Image
 
-    from dcsp_dist.crf import dense_crf
-    from dcsp_dist.inference import load_for_inference, probability_fn_for
+    from dcsp_dist.inference.crf import dense_crf
+    from dcsp_dist.inference.predictor import load_for_inference, probability_fn_for
 
     model, cfg, _ = load_for_inference(checkpoint)
     image = np.array(Image.open(os.path.join(root, "JPEGImages", image_id + ".jpg")).convert("RGB"))  # writable
@@ -85,7 +85,7 @@ def crf_timing(checkpoint, data, root, image_id, reps=7):
 
 def _crf_seconds(items, params):
     """In a worker process: CRF seconds per image (mean after the first)."""
-    from dcsp_dist.crf import dense_crf
+    from dcsp_dist.inference.crf import dense_crf
     times = []
     for image, probs in items:
         start = time.perf_counter()
@@ -102,15 +102,15 @@ def overlap_timing(checkpoint, data, rounds):
     import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist import data as data_lib
-    from dcsp_dist.crf_pool import run_inference
-    from dcsp_dist.inference import load_for_inference, probability_fn_for
+    from dcsp_dist.data import pipeline
+    from dcsp_dist.inference.crf_pool import run_inference
+    from dcsp_dist.inference.predictor import load_for_inference, probability_fn_for
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     model, cfg, _ = load_for_inference(checkpoint)
     params = cfg.crf
-    dataset = data_lib.make_inference_dataset(data, "val", need_mask=True)
+    dataset = pipeline.make_inference_dataset(data, "val", need_mask=True)
     probabilities = probability_fn_for(model, cfg)
 
     def per_image(stamps):
@@ -189,7 +189,7 @@ def main():
         print(f"  overlapped, {w} CRF worker{'s' if w > 1 else ' '}   {t:.3f}   = {t / bound:.2f} x the larger, "
               f"{t / (net + crf):.2f} x the sum, {seq / t:.2f}x faster than sequential")
     print(f"  (2 workers share the 2 cores with the network: its bound is the sum / cores = {(net + crf) / 2:.3f})")
-    print(f"CRF per image: bare pydensecrf {t_bare:.3f} s, dcsp_dist.crf {t_ours:.3f} s "
+    print(f"CRF per image: bare pydensecrf {t_bare:.3f} s, dcsp_dist.inference.crf {t_ours:.3f} s "
           f"(overhead {100 * (t_ours / t_bare - 1):+.1f}%), through the worker pool {t_pool:.3f} s "
           f"({100 * (t_pool / t_bare - 1):+.1f}%)")
     shutil.rmtree(work)

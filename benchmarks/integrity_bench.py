@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from dcsp_dist import config, distributed
-    from dcsp_dist.trainer import StageTrainer
+    from dcsp_dist.training.trainer import StageTrainer
 
     distributed.init()
     cfg = config.make_config(args.config, {"init_weights": "none", "normalization": "frozen_batch_norm"})

@@ -29,8 +29,9 @@ def main():
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from dcsp_dist import config, losses
+    from dcsp_dist import config
     from dcsp_dist.models import build_model, parameter_groups
+    from dcsp_dist.training import losses
 
     cfg = config.make_config("voc_paper")
     model = build_model(cfg)

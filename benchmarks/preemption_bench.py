@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from dcsp_dist import config, distributed
-    from dcsp_dist.trainer import StageTrainer
+    from dcsp_dist.training.trainer import StageTrainer
 
     ctx = distributed.init()
     cfg = config.make_config(args.config, {})

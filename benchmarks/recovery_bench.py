@@ -1,4 +1,4 @@
-"""What keeping the last good state costs (dcsp_dist.recovery), for a given preset's model.
+"""What keeping the last good state costs (dcsp_dist.training.recovery), for a given preset's model.
 
     python benchmarks/recovery_bench.py [--config voc_paper] [--repeats 7] [--steps 2]
 
@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from dcsp_dist import config, distributed
-    from dcsp_dist.recovery import Recovery
-    from dcsp_dist.trainer import StageTrainer
+    from dcsp_dist.training.recovery import Recovery
+    from dcsp_dist.training.trainer import StageTrainer
 
     distributed.init()
     cfg = config.make_config(args.config, {"init_weights": "none", "normalization": "frozen_batch_norm"})

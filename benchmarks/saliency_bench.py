@@ -7,9 +7,9 @@ photos with VOC's void (255) left out of every score:
     python benchmarks/saliency_bench.py --images ../shared/data/real_voc_dev/images \\
         --masks ../shared/data/real_voc_dev/masks --model isnet
 
-For each detector (the built-in ones, then each --model: a name from data_tools.models or
+For each detector (the built-in ones, then each --model: a name from data_tools.saliency.fetch or
 an .onnx file) and each number of passes: data_tools.saliency's map of every image, scored
-by data_tools.saliency_eval (foreground IoU at 0.5, max F, MAE, S-measure; means over the
+by data_tools.saliency.evaluate (foreground IoU at 0.5, max F, MAE, S-measure; means over the
 images), and the seconds per image (median, one process with every core).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _photos(images: str, masks: str) -> list:
     import numpy as np
     from PIL import Image
 
-    from dcsp_dist.images import read_rgb
+    from dcsp_dist.data.images import read_rgb
     photos = []
     for n in sorted(n for n in os.listdir(masks) if n.endswith(".png")):
         stem = os.path.splitext(n)[0]
@@ -39,18 +39,18 @@ def _photos(images: str, masks: str) -> list:
 
 
 def _detectors(models: list):
-    from data_tools import models as registry
-    from data_tools import onnx_saliency, saliency
-    yield from saliency.DETECTORS.items()
+    from data_tools.saliency import fetch as registry
+    from data_tools.saliency import maps, onnx_runner
+    yield from maps.DETECTORS.items()
     for spec in models:
         path, preset = registry.resolve(spec)
-        yield spec, onnx_saliency.OnnxDetector(path, onnx_saliency.convention_from(preset or "generic"))
+        yield spec, onnx_runner.OnnxDetector(path, onnx_runner.convention_from(preset or "generic"))
 
 
 def main(argv=None) -> int:
     import numpy as np
 
-    from data_tools import saliency, saliency_eval
+    from data_tools.saliency import evaluate, maps
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=os.path.join(HERE, "tests", "data", "real_voc", "images"))
     parser.add_argument("--masks", default=os.path.join(HERE, "tests", "data", "real_voc", "masks"))
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
             rows, seconds = [], []
             for rgb, mask in photos:
                 start = time.perf_counter()
-                sal = saliency.hierarchical_saliency(rgb, detector, passes)
+                sal = maps.hierarchical_saliency(rgb, detector, passes)
                 seconds.append(time.perf_counter() - start)
-                rows.append(saliency_eval.scores(sal, mask))
+                rows.append(evaluate.scores(sal, mask))
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             print(f"| {name} | {passes} | {mean['iou']:.3f} | {mean['max_f']:.3f} | {mean['mae']:.3f} | "
                   f"{mean['s_measure']:.3f} | {statistics.median(seconds):.2f} |", flush=True)

@@ -6,8 +6,9 @@ import time
 from dcsp_dist import distributed
 
 ctx = distributed.init()
-from dcsp_dist import config, data  # noqa: E402
-from dcsp_dist.trainer import StageTrainer  # noqa: E402
+from dcsp_dist import config  # noqa: E402
+from dcsp_dist.data import pipeline
+from dcsp_dist.training.trainer import StageTrainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)
@@ -22,7 +23,7 @@ cfg = config.make_config(args.preset, {"global_batch": str(args.per_rank_batch *
                                        "init_weights": "none"})
 trainer = StageTrainer("attention", cfg)   # gradients through the whole network
 distributed.broadcast_state(trainer.model, trainer.optimizer)
-batches = iter(data.make_train_dataset(args.data, cfg, args.per_rank_batch, ctx.rank, ctx.size))
+batches = iter(pipeline.make_train_dataset(args.data, cfg, args.per_rank_batch, ctx.rank, ctx.size))
 for _ in range(args.warmup):
     trainer.step(next(batches))
 start = time.perf_counter()

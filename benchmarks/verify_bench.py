@@ -24,7 +24,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from benchmarks.common import synth_voc_sized
     from data_tools import build
-    from dcsp_dist import records
+    from dcsp_dist.data import records
     with tempfile.TemporaryDirectory() as work:
         ids = synth_voc_sized(os.path.join(work, "voc"), args.images, "train", seed=5)
         out = os.path.join(work, "rec")

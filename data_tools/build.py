@@ -29,10 +29,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 from data_tools.sources import ROLES, SOURCES, Source, SourceError, VocSource, role_for_split
-from dcsp_dist import records
-from dcsp_dist.atomic import check_writable_dir, publish, temp_name
-from dcsp_dist.console import say
-from dcsp_dist.progress import progress as progress_of
+from dcsp_dist.core.atomic import check_writable_dir, publish, temp_name
+from dcsp_dist.core.console import say
+from dcsp_dist.core.progress import progress as progress_of
+from dcsp_dist.data import records
 
 DEFAULT_SHARDS = 64
 LARGE_SPLIT = 32768

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data_tools.sources.voc import CLASS_NAMES
-from dcsp_dist.palette import palette
+from dcsp_dist.data.palette import palette
 
 # class id -> (shape, base RGB colour, texture)
 CLASSES = {

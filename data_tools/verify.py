@@ -17,7 +17,7 @@ import numpy as np
 
 def verify_split(directory: str, split: str) -> tuple[int, list[str]]:
     """(examples checked, problems) for one split."""
-    from dcsp_dist import records
+    from dcsp_dist.data import records
 
     try:
         manifest = records.read_manifest(directory, split, check_files=False)
@@ -34,7 +34,7 @@ def _verify_shard(directory: str, shard: dict, manifest: dict, problems: list) -
     """Check one shard file against its manifest entry; returns the examples read."""
     import tensorflow as tf
 
-    from dcsp_dist import records
+    from dcsp_dist.data import records
     path = os.path.join(directory, shard["file"])
     if not os.path.isfile(path):
         problems.append(f"{path}: missing")
@@ -59,7 +59,7 @@ def _example_problems(ex, manifest: dict) -> list[str]:
     recorded size and the manifest's class count."""
     import tensorflow as tf
 
-    from dcsp_dist import records
+    from dcsp_dist.data import records
     image_id = ex["id"].numpy().decode()
     h, w = int(ex["image/height"]), int(ex["image/width"])
     try:

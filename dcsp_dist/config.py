@@ -25,11 +25,11 @@ import json
 import os
 from typing import Any
 
-from dcsp_dist import atomic
-from dcsp_dist import workdir as layout
-from dcsp_dist.errors import UserError
-from dcsp_dist.preemption import DEFAULT_SIGNALS, parse_signals
-from dcsp_dist.stages import TRAINING_STAGES
+from dcsp_dist.core import atomic
+from dcsp_dist.core.errors import UserError
+from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
+from dcsp_dist.core.stages import TRAINING_STAGES
+from dcsp_dist.rundir import layout
 
 OBJECTIVES = ("authors_code", "paper_text")
 
@@ -199,14 +199,14 @@ class RunConfig(_Section):
     deterministic: bool = False           # TF op determinism + ordered tf.data: same seed, same run
     gradient_compression: str = "none"    # "fp16": allreduce gradients as float16 (half the bytes between nodes)
     elastic_commit_every: int = 10        # elastic jobs: steps between commits (at most this many are redone)
-    preempt_signals: str = DEFAULT_SIGNALS   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.preemption)
+    preempt_signals: str = DEFAULT_SIGNALS   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.core.preemption)
     stall_timeout: float = 300.0          # seconds without a step before a stalled rank ends the job, exit 76; 0 = off
     # "true": refuse to start on a rank that sees no GPU; "auto": the same when the set-up was
     # GPU=1 or CUDA_VISIBLE_DEVICES names devices (distributed.expects_gpu); "false": never.
     require_gpu: str = "auto"
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
-    # Roll back from a loss spike instead of stopping (dcsp_dist.recovery, docs/divergence.md):
+    # Roll back from a loss spike instead of stopping (dcsp_dist.training.recovery, docs/divergence.md):
     # at most recovery_max roll-backs per stage (0: stop at the first non-finite loss), to a
     # copy of the state kept every recovery_every steps; a spike is a loss above recovery_spike
     # times the median of the last 50; each roll-back multiplies the stage's rate by
@@ -319,7 +319,7 @@ class Config:
     def learning_rate(self, stage: str) -> float:
         """Peak learning rate of ``stage`` (the stage table says which base it takes) after
         the scaling rule."""
-        from dcsp_dist import stages
+        from dcsp_dist.core import stages
         base = self.optimizer.base_lr
         if stages.get(stage).lr == "segmentation" and self.optimizer.segmentation_base_lr > 0:
             base = self.optimizer.segmentation_base_lr

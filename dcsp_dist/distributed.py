@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
 
-from dcsp_dist.console import say
-from dcsp_dist.errors import UserError, first_line
-from dcsp_dist.placement import cores_per_rank
+from dcsp_dist.core.console import say
+from dcsp_dist.core.errors import UserError, first_line
+from dcsp_dist.core.placement import cores_per_rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +297,7 @@ def run_or_report(job) -> int:
     stopped (the failing rank's own line, or the watchdog's, says which when it could).
     Anything else is a bug and keeps its traceback. After a signal stopped the job resumably
     the rank ends at once with ``preemption.EXIT_PREEMPTED`` (``leave_now``)."""
-    from dcsp_dist import preemption
+    from dcsp_dist.core import preemption
     try:
         job()
     except preemption.Preempted as exc:

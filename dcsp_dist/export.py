@@ -20,8 +20,8 @@ import json
 import os
 import sys
 
-from dcsp_dist import atomic
-from dcsp_dist.errors import UserError
+from dcsp_dist.core import atomic
+from dcsp_dist.core.errors import UserError
 
 
 def parse_args(argv=None):
@@ -40,8 +40,8 @@ def export(args) -> dict:
     """Write the SavedModel; returns what it holds (for the console line)."""
     import tensorflow as tf
 
-    from dcsp_dist.inference import class_names_for, load_for_inference, probability_fn_for
-    from dcsp_dist.jobs import parse_scales
+    from dcsp_dist.inference.jobs import parse_scales
+    from dcsp_dist.inference.predictor import class_names_for, load_for_inference, probability_fn_for
 
     if os.path.exists(args.out):
         raise UserError(f"--out {args.out}: already exists; give a new directory (nothing was replaced)")

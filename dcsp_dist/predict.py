@@ -24,8 +24,8 @@ import os
 import sys
 import tarfile
 
-from dcsp_dist import atomic
-from dcsp_dist.jobs import ImageJob, Job, add_job_arguments, main_for
+from dcsp_dist.core import atomic
+from dcsp_dist.inference.jobs import ImageJob, Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
 MARKER = "predict.json"   # what this run predicted; --out without it is not ours to replace
@@ -55,7 +55,7 @@ def save_palette_png(label, path: str) -> None:
     """Write a class-index map as a palette PNG with the VOC colour map (atomically)."""
     from PIL import Image
 
-    from dcsp_dist.palette import palette
+    from dcsp_dist.data.palette import palette
     image = Image.fromarray(label.astype("uint8"), mode="P")
     image.putpalette(palette())
     tmp = atomic.temp_name(path)
@@ -68,7 +68,7 @@ def save_overlay(image, label, path: str, class_names=None) -> None:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from dcsp_dist.palette import color_map
+    from dcsp_dist.data.palette import color_map
     cmap = color_map()
     colour = cmap[label]
     blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
@@ -144,8 +144,9 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
 def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
     """This rank's masks (and overlays) under ``out``; returns the count over all ranks and
     every rank's unreadable images."""
-    from dcsp_dist import distributed, records
-    from dcsp_dist.progress import progress
+    from dcsp_dist import distributed
+    from dcsp_dist.core.progress import progress
+    from dcsp_dist.data import records
     masks_dir = _masks_dir(args, out)
     overlay_dir = os.path.join(out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)

@@ -10,9 +10,9 @@ ENTRY=train STAGE="" CONFIG="" DATA="" WORKDIR="" DRY_RUN=0
 PYTHON="${PYTHON:-}"
 EXTRA=()
 
-# The stage names come from the stage table (dcsp_dist/stages.py), the only list of them.
+# The stage names come from the stage table (dcsp_dist/core/stages.py), the only list of them.
 STAGE_NAMES="$(PYTHONPATH="$REPO_DIR" "$( [[ -x "$REPO_DIR/.venv/bin/python" ]] && echo "$REPO_DIR/.venv/bin/python" || echo python3)" \
-  -m dcsp_dist.stages)"
+  -m dcsp_dist.core.stages)"
 
 COMMON_HELP='Job (what every launcher needs):
   --stage S        '"${STAGE_NAMES// / | }"' | all

@@ -73,7 +73,7 @@ else
   [[ -x "$DISCOVERY" ]] || die "--host-discovery-script $DISCOVERY: not executable (chmod +x)"
 fi
 TRAINING_NAMES="$(PYTHONPATH="$REPO_DIR" "$( [[ -x "$REPO_DIR/.venv/bin/python" ]] && echo "$REPO_DIR/.venv/bin/python" || echo python3)" \
-  -m dcsp_dist.stages --training)"   # the stage table's training stages
+  -m dcsp_dist.core.stages --training)"   # the stage table's training stages
 if [[ "$ENTRY" != train ]]; then
   die "elastic jobs train; run --evaluate, --predict and --saliency with launch/local.sh or launch/multinode.sh"
 elif [[ -n "$STAGE" && " $TRAINING_NAMES " != *" $STAGE "* ]]; then

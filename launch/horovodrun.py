@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 
-EXIT_PREEMPTED = 75     # dcsp_dist.preemption.EXIT_PREEMPTED (not imported: no TensorFlow here)
+EXIT_PREEMPTED = 75     # dcsp_dist.core.preemption.EXIT_PREEMPTED (not imported: no TensorFlow here)
 # a rank's line as horovodrun (Gloo: "[1]<stderr>:...") or mpirun's tags ("[1,1]<stderr>:...") show it
 _RANK_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<std(?:out|err)>:(.*)$")
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dcsp_dist.stages import SCHEDULE  # noqa: E402  (the stage table's names)
+from dcsp_dist.core.stages import SCHEDULE  # noqa: E402  (the stage table's names)
 
 
 def _read(path):
@@ -49,9 +49,10 @@ def stage_picture(run: str, voc: str, ids: list[str], path: str) -> None:
     """image | saliency | initial cue | first-stage prediction | final prediction | truth."""
     import tensorflow as tf
 
-    from dcsp_dist import crf, cues
-    from dcsp_dist.inference import load_for_inference, make_multiscale_fn, probability_fn_for
-    from dcsp_dist.palette import color_map
+    from dcsp_dist.data import cues
+    from dcsp_dist.data.palette import color_map
+    from dcsp_dist.inference import crf
+    from dcsp_dist.inference.predictor import load_for_inference, make_multiscale_fn, probability_fn_for
 
     cmap = color_map()
     attention, cfg, _ = load_for_inference(os.path.join(run, "attention"))

@@ -99,7 +99,7 @@ work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 if [[ "$GPU" == 1 ]]; then
   reqs="$work/requirements-gpu.txt"
   # GPU: TensorFlow with CUDA, and onnxruntime's CUDA build for saliency networks (each rank
-  # on its local GPU, data_tools/onnx_saliency.py).
+  # on its local GPU, data_tools/saliency/onnx_runner.py).
   sed -e "s/^tensorflow-cpu==/${DCSP_TF_PACKAGE:-tensorflow[and-cuda]}==/" \
       -e "s/^onnxruntime>=/onnxruntime-gpu>=/" "$ROOT/requirements.txt" > "$reqs"
 fi

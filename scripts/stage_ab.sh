@@ -13,7 +13,7 @@ set -euo pipefail
 OLD=$(cd "$1" && pwd) DATA=$2 NEW=$3 FIRST=$4 LAST=$5; shift 5
 [[ "${1:-}" == "--" ]] && shift
 cd "$(dirname "$0")/.."
-read -ra SCHEDULE <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.stages)"   # the stage table's names
+read -ra SCHEDULE <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.core.stages)"   # the stage table's names
 index() { local i; for i in "${!SCHEDULE[@]}"; do [[ "${SCHEDULE[$i]}" == "$1" ]] && { echo "$i"; return; }; done
           echo "stage_ab.sh: unknown stage $1 (one of ${SCHEDULE[*]})" >&2; exit 2; }
 first=$(index "$FIRST") last=$(index "$LAST")
@@ -35,6 +35,6 @@ for ((i = first; i <= last; i++)); do
   "${LOCAL[@]}" --stage "${SCHEDULE[$i]}" --config "$CONFIG" --data "$DATA" --workdir "$NEW" -- "${ARGS[@]}"
 done
 stage=${SCHEDULE[$last]}
-read -ra SEGMENTING <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.stages --segmentation)"   # train on cues
+read -ra SEGMENTING <<<"$(PYTHONPATH=. .venv/bin/python -m dcsp_dist.core.stages --segmentation)"   # train on cues
 [[ " ${SEGMENTING[*]} " == *" $stage "* ]] || exit 0
 "${LOCAL[@]}" --evaluate --workdir "$NEW/$stage" --data "$DATA" -- --split val --no-crf --out "$NEW/eval_val_nocrf"

@@ -21,13 +21,20 @@ def test_the_tree_keeps_every_import_contract():
 
 
 @pytest.mark.parametrize("file,line,needle", [
-    ("dcsp_dist/records.py", "from dcsp_dist import trainer", "layers: dcsp_dist.records (foundations) imports "
-                                                               "dcsp_dist.trainer (engines)"),
-    ("dcsp_dist/checkpoints.py", "import horovod.tensorflow as hvd", "only dcsp_dist.distributed speaks to Horovod"),
-    ("dcsp_dist/crf_pool.py", "import tensorflow", "importing dcsp_dist.crf_pool loads tensorflow"),
-    ("dcsp_dist/config.py", "from dcsp_dist import data", "importing dcsp_dist.config loads tensorflow (module-level "
-                                                          "imports: dcsp_dist.config -> dcsp_dist.data -> tensorflow)"),
-    ("data_tools/build.py", "from dcsp_dist import trainer", "data_tools imports dcsp_dist.trainer"),
+    ("dcsp_dist/data/records.py", "from dcsp_dist.training import trainer",
+     "layers: dcsp_dist.data.records (data) imports dcsp_dist.training.trainer (training)"),
+    ("dcsp_dist/inference/jobs.py", "from dcsp_dist.training import cue_writer",
+     "layers: dcsp_dist.inference.jobs (inference) imports dcsp_dist.training.cue_writer (training)"),
+    ("dcsp_dist/rundir/layout.py", "from dcsp_dist import config",
+     "layers: dcsp_dist.rundir.layout (run directory and models) imports dcsp_dist.config (settings"),
+    ("dcsp_dist/rundir/checkpoints.py", "import horovod.tensorflow as hvd", "only dcsp_dist.distributed speaks to Horovod"),
+    ("dcsp_dist/inference/crf_pool.py", "import tensorflow", "importing dcsp_dist.inference.crf_pool loads tensorflow"),
+    ("dcsp_dist/core/placement.py", "from dcsp_dist.models import geometry",
+     "importing dcsp_dist.core.placement loads keras (module-level imports: dcsp_dist.core.placement -> "
+     "dcsp_dist.models -> "),
+    ("dcsp_dist/config.py", "from dcsp_dist.data import pipeline", "importing dcsp_dist.config loads tensorflow "
+     "(module-level imports: dcsp_dist.config -> dcsp_dist.data.pipeline -> tensorflow)"),
+    ("data_tools/build.py", "from dcsp_dist.training import trainer", "data_tools imports dcsp_dist.training.trainer"),
 ])
 def test_a_wrong_import_breaks_its_contract(tmp_path, file, line, needle):
     for package in ("dcsp_dist", "data_tools"):

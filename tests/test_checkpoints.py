@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcsp_dist import checkpoints, config
+from dcsp_dist import config
 from dcsp_dist.models import build_model
+from dcsp_dist.rundir import checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_default_build_of_a_small_split_with_unannotated_images_has_no_empty_sha
     """24 images, 4 without annotations, default --num-shards (one per planned image): the
     skipped images leave no empty shard behind, and training's check of the split passes."""
     from data_tools import build
-    from dcsp_dist import records
+    from dcsp_dist.data import records
     path = tmp_path / "instances_train.json"
     write_coco(synth_voc, "train", path, empty=(0, 5, 6, 11))
     out = tmp_path / "records"
@@ -123,7 +123,7 @@ def test_ids_that_would_leave_out_are_refused_at_build(synth_voc, tmp_path, caps
     # with --skip-bad the rest is built, and no id leaves a plain name
     assert build.main(["--coco-annotations", str(path), "--images", str(synth_voc / "JPEGImages"), "--split", "val",
                        "--out", str(out), "--quiet", "--workers", "1", "--skip-bad"]) == 0
-    from dcsp_dist import records
+    from dcsp_dist.data import records
     assert records.read_manifest(str(out), "val")["num_examples"] == len(data["images"]) - 3
 
 

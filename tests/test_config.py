@@ -121,7 +121,7 @@ def test_presets_are_one_file_each():
 
 
 def test_scales_follow_one_rule_on_the_command_line_and_in_the_settings():
-    from dcsp_dist.jobs import parse_scales
+    from dcsp_dist.inference.jobs import parse_scales
     assert parse_scales("1,0.75,0.5", ()) == (1.0, 0.75, 0.5)
     for bad in ("1,1.5", "0.5,1", "1,0"):
         with pytest.raises(ValueError, match="--scales"):

@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from dcsp_dist import cues
+from dcsp_dist.data import cues
 
 
 def numpy_attention_cues(att, sal, tags, threshold=0.4):

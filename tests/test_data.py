@@ -8,7 +8,8 @@ import tensorflow as tf
 from PIL import Image
 
 from data_tools import build, sources, verify
-from dcsp_dist import config, data, records
+from dcsp_dist import config
+from dcsp_dist.data import pipeline, records
 from dcsp_dist.models.inputs import BGR_MEAN
 
 CFG = config.make_config("tiny_test")
@@ -20,7 +21,7 @@ def _ids(voc, split):
 
 def _all_records(directory, split):
     manifest = records.read_manifest(str(directory), split)
-    return [data.decode(s, manifest["has_saliency"], manifest["has_mask"], num_tags=records.num_tags(manifest))
+    return [pipeline.decode(s, manifest["has_saliency"], manifest["has_mask"], num_tags=records.num_tags(manifest))
             for s in tf.data.TFRecordDataset(records.shard_files(str(directory), manifest))]
 
 
@@ -162,14 +163,14 @@ def test_every_example_read_once_per_epoch(tmp_path, synth_voc, num_shards, num_
                 workers=1, progress=False)
     seen = []
     for rank in range(num_ranks):
-        ds = data.make_inference_dataset(str(out), "train", rank=rank, size=num_ranks)
+        ds = pipeline.make_inference_dataset(str(out), "train", rank=rank, size=num_ranks)
         seen += [ex["id"].numpy().decode() for ex in ds]
     assert sorted(seen) == sorted(_ids(synth_voc, "train"))
 
 
 def test_fewer_files_than_ranks_is_a_clear_error(synth_records):
     with pytest.raises(records.DataError, match="4 shard files for 5 ranks"):
-        data.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=5)
+        pipeline.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=5)
 
 
 def test_augment_keeps_image_and_maps_aligned():
@@ -182,11 +183,11 @@ def test_augment_keeps_image_and_maps_aligned():
     cfg = config.make_config("tiny_test", {"crop_size": "80", "min_scale": "0.7", "max_scale": "1.4"})
     padded = flipped = 0
     for i in range(12):
-        out = data.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
+        out = pipeline.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue", "mask"))
         rgb = out["image"].numpy().astype(np.float64)
         cue = out["cue"].numpy()
         np.testing.assert_array_equal(cue, out["mask"].numpy())
-        alone = data.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue",))  # one map
+        alone = pipeline.augment(example, cfg.input, tf.constant([7, i], tf.int64), maps=("cue",))  # one map
         np.testing.assert_array_equal(cue, alone["cue"].numpy())
         inside = cue != 255
         # Where the label is known, the pixel's colour is that label's colour (away from
@@ -202,7 +203,7 @@ def test_augment_keeps_image_and_maps_aligned():
         row = cue[0, :cols] % 3
         flipped += int(row[0] > row[-1])
         # The network input: BGR minus the Caffe mean, padding exactly 0 (docs/method.md §1).
-        x = data.network_input(out["image"][None], out["valid"][None])[0].numpy()
+        x = pipeline.network_input(out["image"][None], out["valid"][None])[0].numpy()
         assert (x[~inside] == 0).all()
         np.testing.assert_allclose(x[inside], rgb[inside][:, ::-1] - np.array(BGR_MEAN), atol=1e-4)
     assert 0 < padded < 12 and 0 < flipped < 12
@@ -214,7 +215,7 @@ def test_crop_geometry_matches_the_spec_scales():
     rng = np.random.default_rng(0)
     scales = []
     for u in rng.random((500, 4)).astype(np.float32):
-        offset, window, out, _ = (t.numpy() for t in data.crop_geometry(tf.constant([375, 500]), u, cfg.input))
+        offset, window, out, _ = (t.numpy() for t in pipeline.crop_geometry(tf.constant([375, 500]), u, cfg.input))
         s = 0.5 + u[0]
         for size, off, win, o in zip((375, 500), offset, window, out):
             assert 0 <= off <= size - win
@@ -225,7 +226,7 @@ def test_crop_geometry_matches_the_spec_scales():
         scales.append(out[1] / window[1])
     assert abs(np.mean(scales) - 1.0) < 0.03 and min(scales) < 0.52 and max(scales) > 1.48
     off = config.make_config("voc_paper", {"augment": "false"})
-    offset, window, out, flip = data.crop_geometry(tf.constant([375, 500]), tf.fill([4], 0.9), off.input)
+    offset, window, out, flip = pipeline.crop_geometry(tf.constant([375, 500]), tf.fill([4], 0.9), off.input)
     assert list(offset.numpy()) == [0, 0] and list(window.numpy()) == list(out.numpy()) == [321, 321]
     assert not flip.numpy()
 
@@ -237,8 +238,9 @@ def test_crop_decode_equals_full_decode(synth_records):
     cfg = config.make_config("tiny_test", {"crop_size": "48", "min_scale": "0.6", "max_scale": "1.5"})
     for i, s in enumerate(tf.data.TFRecordDataset(files[:1]).take(6)):
         seed = tf.constant([3, i], tf.int64)
-        full = data.augment(data.decode(s, True, False, num_tags=20), cfg.input, seed, maps=("saliency",))
-        lazy = data.augment(data.decode(s, True, False, decode_image=False, num_tags=20), cfg.input, seed, maps=("saliency",))
+        full = pipeline.augment(pipeline.decode(s, True, False, num_tags=20), cfg.input, seed, maps=("saliency",))
+        lazy = pipeline.augment(pipeline.decode(s, True, False, decode_image=False, num_tags=20), cfg.input, seed,
+                                maps=("saliency",))
         np.testing.assert_array_equal(full["valid"].numpy(), lazy["valid"].numpy())
         np.testing.assert_array_equal(full["saliency"].numpy(), lazy["saliency"].numpy())
         # libjpeg upsamples chroma without the neighbours outside the window, so the
@@ -253,18 +255,18 @@ def test_eager_and_tf_data_agree(synth_records):
     files = records.shard_files(str(synth_records), manifest)
     serialized = list(tf.data.TFRecordDataset(files[:1]).take(3))
     seed = tf.constant([5, 1], tf.int64)
-    eager = [data.augment(data.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask"))
+    eager = [pipeline.augment(pipeline.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask"))
              for s in serialized]
-    pipeline = tf.data.Dataset.from_tensor_slices(tf.stack(serialized)).map(
-        lambda s: data.augment(data.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask")))
-    for a, b in zip(eager, pipeline):
+    dataset = tf.data.Dataset.from_tensor_slices(tf.stack(serialized)).map(
+        lambda s: pipeline.augment(pipeline.decode(s, True, True, num_tags=20), CFG.input, seed, maps=("saliency", "mask")))
+    for a, b in zip(eager, dataset):
         for key in ("image", "saliency", "mask", "tags"):
             np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4)
 
 
 def test_training_pipeline_batches_and_rank_seeds(synth_records):
-    a = next(iter(data.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=2)))
-    b = next(iter(data.make_train_dataset(str(synth_records), CFG, 2, rank=1, size=2)))
+    a = next(iter(pipeline.make_train_dataset(str(synth_records), CFG, 2, rank=0, size=2)))
+    b = next(iter(pipeline.make_train_dataset(str(synth_records), CFG, 2, rank=1, size=2)))
     assert a["image"].shape == (2, 64, 64, 3) and a["tags"].shape == (2, 20)
     assert not set(a["id"].numpy()) & set(b["id"].numpy())
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcsp_dist import config, geometry, losses
-from dcsp_dist.inference import make_multiscale_fn
-from dcsp_dist.models import build_model
+from dcsp_dist import config
+from dcsp_dist.inference.predictor import make_multiscale_fn
+from dcsp_dist.models import build_model, geometry
 from dcsp_dist.models.inputs import BGR_MEAN
+from dcsp_dist.training import losses
 
 SIZES = [(113, 161), (112, 160), (117, 150), (96, 105)]   # 8k+1, 8k, odd/even mixes
 
@@ -104,7 +105,7 @@ def test_probabilities_are_interpolated_where_upsample_space_says():
     """Outputs at pixels 0, 8, ..., 80; background up to pixel 32, object from 40 on. Bilinear
     logits move the boundary towards the less confident object (crossing at 32 + 0.75 * 8 =
     38); the softmax taken on the grid first puts it near the middle (32 + 0.566 * 8 = 36.5)."""
-    from dcsp_dist.inference import make_probability_fn
+    from dcsp_dist.inference.predictor import make_probability_fn
 
     w = 81
     image = np.zeros((9, w, 3), np.uint8)
@@ -149,7 +150,7 @@ def _input_size_model():
 
 
 def test_windowed_inference_shows_the_network_only_windows_of_the_crop_size():
-    from dcsp_dist.inference import windowed_outputs
+    from dcsp_dist.inference.predictor import windowed_outputs
 
     model = _input_size_model()
     x = tf.zeros((250, 130, 3))

@@ -1,4 +1,4 @@
-"""One image reader for build, saliency and predict --images (dcsp_dist.images): phone and
+"""One image reader for build, saliency and predict --images (dcsp_dist.data.images): phone and
 scanner photos come out upright and 8-bit against NumPy, and each broken one is named once
 while the rest are done."""
 import os
@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data_tools import build, saliency
-from dcsp_dist import images, records
+from data_tools import build
+from data_tools.saliency import maps
+from dcsp_dist.data import images, records
 from tests.support import image_corpus
 
 
@@ -64,7 +65,7 @@ def test_build_stores_upright_rgb_and_names_each_bad_image(corpus, tmp_path, cap
 def test_saliency_writes_upright_maps_and_names_each_bad_image_once(corpus, tmp_path, capsys):
     folder, expected = corpus
     out = tmp_path / "sal"
-    assert saliency.main(["--images", str(folder), "--out-dir", str(out), "--workers", "1"]) == 1
+    assert maps.main(["--images", str(folder), "--out-dir", str(out), "--workers", "1"]) == 1
     captured = capsys.readouterr()
     for name, reason in image_corpus.BAD.items():
         assert sum(f"{name}: {reason}" in line for line in captured.err.splitlines()) == 1, name

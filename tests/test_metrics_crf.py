@@ -6,7 +6,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from dcsp_dist import crf, crf_pool, metrics
+from dcsp_dist.inference import crf, crf_pool, metrics
 from tests.support.hvd import spawned_workers
 
 

@@ -1,8 +1,8 @@
-"""A rank's place from each launcher's environment (dcsp_dist.placement), and the fixed
+"""A rank's place from each launcher's environment (dcsp_dist.core.placement), and the fixed
 shares that split a list with no overlap."""
 import pytest
 
-from dcsp_dist.placement import Place, place
+from dcsp_dist.core.placement import Place, place
 
 
 @pytest.mark.parametrize("env,want", [

@@ -1,4 +1,4 @@
-"""The signal policy of dcsp_dist.preemption with real signals to a real process: the first
+"""The signal policy of dcsp_dist.core.preemption with real signals to a real process: the first
 sets the flag, the second is ignored, the third stops at once, except inside a critical
 write, which it never cuts short (the process ends right after it, 75 when resumable)."""
 import json
@@ -9,7 +9,7 @@ from tests.support.hvd import ROOT
 
 SCRIPT = """
 import json, os, signal, sys, time
-from dcsp_dist import preemption
+from dcsp_dist.core import preemption
 preemption.install("TERM")
 mode, out = sys.argv[1], sys.argv[2]
 os.kill(os.getpid(), signal.SIGTERM)

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from dcsp_dist import atomic, runlock
+from dcsp_dist.core import atomic
+from dcsp_dist.rundir import lock as runlock
 
 
 def _holder(path, **fields):
@@ -189,7 +190,7 @@ def test_the_lock_is_released_when_recording_changed_settings_fails(tmp_path):
     """A full disk (here: config_changes.json cannot be written) while a resume records its
     changed settings: one OSError, and the run lock is not left behind."""
     from dcsp_dist import config, distributed
-    from dcsp_dist.world import FixedWorld
+    from dcsp_dist.training.world import FixedWorld
     ctx = distributed.init()
     cfg = config.make_config("tiny_test")
     (tmp_path / "attention").mkdir()

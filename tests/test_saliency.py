@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools import saliency
+from data_tools.saliency import maps
 
 
 def _scene():
@@ -56,7 +56,7 @@ def test_hierarchical_saliency_matches_an_independent_reference_of_spec_6():
     img[55:85, 70:120] = (200, 200, 10)        # next: s1 = 0.64 (< 0.7), s2 = 1
     img[55:85, 5:55] = (150, 30, 30)           # third: s1 = 0.36, s2 = 0.56
     detector = _RedDetector()
-    got = saliency.hierarchical_saliency(img, detector)
+    got = maps.hierarchical_saliency(img, detector)
     np.testing.assert_allclose(got, _reference_spec6(img, _RedDetector(), (40, 56)), atol=1e-6)
     first, second = detector.seen
     assert first.shape == second.shape == (40, 56, 3)            # the detector's input size
@@ -69,8 +69,8 @@ def test_hierarchical_saliency_matches_an_independent_reference_of_spec_6():
 
 def test_second_pass_finds_the_object_behind_the_most_salient_one():
     img, disc = _scene()
-    first = saliency._at_input_size(saliency.frequency_tuned, img)
-    final = saliency.hierarchical_saliency(img, saliency.frequency_tuned)
+    first = maps._at_input_size(maps.frequency_tuned, img)
+    final = maps.hierarchical_saliency(img, maps.frequency_tuned)
     assert first[50, 50] > 0.7                       # the red square dominates pass 1
     assert np.median(first[disc]) < 0.7              # the disc is below the first threshold
     assert np.median(final[disc]) > 0.8              # pass 2 adds it
@@ -91,8 +91,8 @@ def test_cli_writes_maps_with_a_keras_model_detector(tmp_path):
         np.array([[[[0.05], [-0.05], [-0.05]]]])), bias_initializer="zeros")(inputs)
     model_path = tmp_path / "sal.keras"
     keras.Model(inputs, outputs).save(model_path)
-    assert saliency.ModelDetector(str(model_path)).input_size == (128, 96)
-    assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
+    assert maps.ModelDetector(str(model_path)).input_size == (128, 96)
+    assert maps.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
                           "--model", str(model_path)]) == 0
     sal = np.asarray(Image.open(root / "Saliency" / "a.png"))
     assert sal.shape == (160, 200) and sal[50, 50] > 200 and sal[5, 5] < 128
@@ -103,10 +103,10 @@ def test_cli_builtin_detector_and_bad_model(tmp_path, capsys):
     (root / "JPEGImages").mkdir(parents=True)
     Image.fromarray(_scene()[0]).save(root / "JPEGImages" / "a.jpg")
     (tmp_path / "ids.txt").write_text("a\nmissing\n")
-    assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"), "--workers", "1"]) == 1
+    assert maps.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"), "--workers", "1"]) == 1
     assert "missing.jpg" in capsys.readouterr().err
     assert (root / "Saliency" / "a.png").exists() and not list((root / "Saliency").glob("*.tmp*"))
-    assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
+    assert maps.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"),
                           "--model", str(tmp_path / "nope.keras")]) == 2
 
 
@@ -120,19 +120,19 @@ def test_cli_any_image_folder_writes_stem_png(tmp_path, capsys):
     Image.fromarray(img[:100, :150]).save(photos / "sub" / "shop_002.png")
     (photos / "notes.txt").write_text("not an image")              # not an image suffix: ignored
     out = tmp_path / "sal"
-    assert saliency.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1"]) == 0
+    assert maps.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".saliency.json", "shop_001.png"]   # maps + what made them
     listing = tmp_path / "list.txt"
     listing.write_text("shop_001.jpg\nsub/shop_002.png\n")
-    assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out),
+    assert maps.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out),
                           "--workers", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".saliency.json", "shop_001.png", "shop_002.png"]
     assert Image.open(out / "shop_002.png").size == (150, 100)
     listing.write_text("shop_001.jpg\nsub/nope.jpg\n")
-    assert saliency.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out)]) == 2
+    assert maps.main(["--images", str(photos), "--list", str(listing), "--out-dir", str(out)]) == 2
     assert "1 image(s) not found" in capsys.readouterr().err
     Image.fromarray(img).save(photos / "shop_001.png")             # two files, one stem
-    assert saliency.main(["--images", str(photos), "--out-dir", str(tmp_path / "sal2")]) == 2
+    assert maps.main(["--images", str(photos), "--out-dir", str(tmp_path / "sal2")]) == 2
     assert "would both write shop_001.png" in capsys.readouterr().err
 
 
@@ -148,26 +148,26 @@ def _real_photos():
 def test_mb_plus_finds_a_quarter_more_than_frequency_tuned_on_real_photos():
     """The built-in default against frequency-tuned, through the two hierarchical passes, on
     three real VOC photos: at least 1.25x the mean foreground IoU at 0.5 and max F."""
-    from data_tools import saliency_eval
+    from data_tools.saliency import evaluate
     means = {}
-    for name, detector in (("ft", saliency.frequency_tuned), ("mb", saliency.DETECTORS["mb-plus"])):
-        rows = [saliency_eval.scores(saliency.hierarchical_saliency(rgb, detector), mask) for rgb, mask in _real_photos()]
+    for name, detector in (("ft", maps.frequency_tuned), ("mb", maps.DETECTORS["mb-plus"])):
+        rows = [evaluate.scores(maps.hierarchical_saliency(rgb, detector), mask) for rgb, mask in _real_photos()]
         means[name] = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
     assert means["mb"]["iou"] >= 1.25 * means["ft"]["iou"], means
     assert means["mb"]["max_f"] >= 1.25 * means["ft"]["max_f"], means
     assert means["mb"]["mae"] < means["ft"]["mae"] and means["mb"]["s_measure"] > means["ft"]["s_measure"], means
-    assert saliency.DEFAULT_DETECTOR == "mb-plus"
+    assert maps.DEFAULT_DETECTOR == "mb-plus"
 
 
 def test_saliency_scores_against_references(tmp_path, capsys):
-    from data_tools import saliency_eval
+    from data_tools.saliency import evaluate
     rng = np.random.default_rng(0)
     mask = np.zeros((60, 80), np.uint8)
     mask[10:40, 20:50] = 7
     fg = mask > 0
-    perfect = saliency_eval.scores(fg.astype(float), mask)
+    perfect = evaluate.scores(fg.astype(float), mask)
     assert perfect == {"iou": 1.0, "max_f": 1.0, "mae": 0.0, "s_measure": pytest.approx(1.0)}
-    assert saliency_eval.scores(1.0 - fg, mask)["s_measure"] < 0.1
+    assert evaluate.scores(1.0 - fg, mask)["s_measure"] < 0.1
     sal = np.round(rng.random((60, 80)) * 255) / 255 * 0.5 + fg * 0.4
     best = 0.0                                   # max F by brute force over the 255 thresholds
     for t in range(1, 256):
@@ -175,17 +175,17 @@ def test_saliency_scores_against_references(tmp_path, capsys):
         tp = (pred & fg).sum()
         p, r = tp / max(pred.sum(), 1), tp / fg.sum()
         best = max(best, 1.3 * p * r / max(0.3 * p + r, 1e-12))
-    assert saliency_eval.max_f(sal, fg) == pytest.approx(best)
+    assert evaluate.max_f(sal, fg) == pytest.approx(best)
     # the command: per image and mean, JSON, and a missing map named
     (tmp_path / "sal").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
     Image.fromarray((fg * 255).astype(np.uint8)).save(tmp_path / "sal" / "a.png")
-    assert saliency_eval.main(["--saliency", str(tmp_path / "sal"), "--masks", str(tmp_path / "masks"),
+    assert evaluate.main(["--saliency", str(tmp_path / "sal"), "--masks", str(tmp_path / "masks"),
                                "--json", str(tmp_path / "s.json")]) == 0
     assert json.load(open(tmp_path / "s.json"))["mean"]["iou"] == 1.0
     Image.fromarray(mask).save(tmp_path / "masks" / "b.png")
-    assert saliency_eval.main(["--saliency", str(tmp_path / "sal"), "--masks", str(tmp_path / "masks")]) == 2
+    assert evaluate.main(["--saliency", str(tmp_path / "sal"), "--masks", str(tmp_path / "masks")]) == 2
     assert "no map for 1 mask(s), e.g. b.png" in capsys.readouterr().err
 
 
@@ -199,7 +199,7 @@ def _folder_of_three(tmp_path):
 
 
 def _run(photos, out, capsys, *flags):
-    code = saliency.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1", *flags])
+    code = maps.main(["--images", str(photos), "--out-dir", str(out), "--workers", "1", *flags])
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     return code, summary
 
@@ -246,7 +246,7 @@ def test_ids_that_are_not_plain_file_names_are_refused(tmp_path, capsys):
     Image.fromarray(_scene()[0]).save(root / "JPEGImages" / "a.jpg")
     Image.fromarray(_scene()[0]).save(tmp_path / "escape.jpg")
     (tmp_path / "ids.txt").write_text("a\n../../escape\n")
-    assert saliency.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"), "--workers", "1"]) == 2
+    assert maps.main(["--root", str(root), "--split-list", str(tmp_path / "ids.txt"), "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "--split-list" in err and "'../../escape'" in err and "plain file name" in err
     assert not (tmp_path / "escape.png").exists() and not (root / "Saliency" / "a.png").exists()

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from dcsp_dist import config, distributed
-from dcsp_dist.trainer import StageTrainer
+from dcsp_dist.training.trainer import StageTrainer
 
 
 def _batch(cfg, n=2):
@@ -110,11 +110,11 @@ def test_unknown_objective_is_one_clear_error():
 
 
 def test_a_roll_back_restores_the_last_good_state_to_the_bit_and_lowers_the_rate():
-    """Recovery (dcsp_dist.recovery) on a real trainer: the copy comes back exactly (weights
+    """Recovery (dcsp_dist.training.recovery) on a real trainer: the copy comes back exactly (weights
     and momentum, not the step counter), the rate's scale drops by the factor, and the
     judgement: non-finite losses always, a spike only against a filled window."""
-    from dcsp_dist.recovery import SPIKE_WINDOW, Recovery
-    from dcsp_dist.trainer import StepResult
+    from dcsp_dist.training.recovery import SPIKE_WINDOW, Recovery
+    from dcsp_dist.training.trainer import StepResult
     distributed.init()
     cfg = config.make_config("tiny_test", {"recovery_spike": "4", "recovery_lr_factor": "0.25"})
     trainer = StageTrainer("segmentation", cfg)

@@ -1,10 +1,10 @@
-"""The watchdog's verdicts from real heartbeat files (dcsp_dist.watchdog), on a clock the
+"""The watchdog's verdicts from real heartbeat files (dcsp_dist.training.watchdog), on a clock the
 test moves; the real stopped rank is tests/parallel/test_stall.py."""
 import json
 
 import pytest
 
-from dcsp_dist.watchdog import EXIT_STALLED, Watchdog, interval_for
+from dcsp_dist.training.watchdog import EXIT_STALLED, Watchdog, interval_for
 
 
 class Clock:

@@ -13,8 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from dcsp_dist.errors import UserError
-from dcsp_dist.images import BadImage, record_jpeg
+from dcsp_dist.core.errors import UserError
+from dcsp_dist.data.images import BadImage, record_jpeg
 
 ROLES = ("train", "eval", "test")
 
@@ -139,7 +139,7 @@ def read_mask(paths, problems: list, num_classes: int) -> np.ndarray | None:
 def load_files(image_id: str, path: str, tags: list[int] | None, problems: list[str], role: str,
                saliency_stem: str | None, mask_paths: list[str], num_classes: int, mask=None) -> dict:
     """The record item of one image from its files, for any source (see ``load_item``). The
-    image goes through the shared reader (``dcsp_dist.images.record_jpeg``): a plain JPEG
+    image goes through the shared reader (``dcsp_dist.data.images.record_jpeg``): a plain JPEG
     keeps its bytes, anything else is stored upright as RGB JPEG."""
     item = {"id": image_id, "problems": problems, "saliency_png": None, "mask_png": None}
     if not os.path.isfile(path):

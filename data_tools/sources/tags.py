@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from data_tools.sources.base import Source, SourceError, class_names_problem, load_files
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 
 
 def read_class_list(path: str) -> list[str]:

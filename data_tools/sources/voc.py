@@ -11,7 +11,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from data_tools.sources.base import Source, SourceError, load_files
-from dcsp_dist.records import VOC_CLASSES
+from dcsp_dist.data.records import VOC_CLASSES
 
 # Index = class id; 0 is background, 255 is "ignore" in ground-truth masks (docs/method.md §1).
 CLASS_NAMES = VOC_CLASSES

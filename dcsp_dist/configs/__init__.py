@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 
 
 def names() -> list[str]:

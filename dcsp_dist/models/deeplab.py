@@ -10,7 +10,7 @@ import dataclasses
 import keras
 from keras import layers
 
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 from dcsp_dist.models.atrous import AtrousConv2D
 from dcsp_dist.models.resnet import build_resnet
 

@@ -19,7 +19,7 @@ import math
 import keras
 from keras import layers
 
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 
 RESNET101 = (3, 4, 23, 3)
 BN_EPSILON = 1.001e-5  # keras.applications' value

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME, backbone, head_layers
 
 
@@ -114,7 +114,7 @@ def convert_pickled(source: str, target: str) -> int:
 
 def write_caffe_file(weights: dict, path: str) -> None:
     """Write ``weights`` as ``.npy`` (dict) or ``.npz`` (flat keys), atomically."""
-    from dcsp_dist.atomic import temp_name
+    from dcsp_dist.core.atomic import temp_name
     tmp = temp_name(path)
     if path.endswith(".npz"):
         flat = {f"{layer}/{param}": arr for layer, params in weights.items() for param, arr in params.items()}
@@ -123,7 +123,7 @@ def write_caffe_file(weights: dict, path: str) -> None:
     else:
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(weights, dtype=object), allow_pickle=True)
-    from dcsp_dist.atomic import publish
+    from dcsp_dist.core.atomic import publish
     publish(tmp, path)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcsp_dist import palette
+from dcsp_dist.data import palette
 from tests.support.hvd import run_python, run_ranks
 
 
@@ -19,8 +19,7 @@ def _evaluate(num_ranks, run, data, out, *extra):
 def _expected_pixels(data):
     import tensorflow as tf
 
-    from dcsp_dist import data as pipeline
-    from dcsp_dist import records
+    from dcsp_dist.data import pipeline, records
     manifest = records.read_manifest(str(data), "val")
     total = 0
     for ex in pipeline.make_inference_dataset(str(data), "val", files=records.shard_files(str(data), manifest)):
@@ -70,8 +69,8 @@ def test_predict_writes_voc_palette_pngs_and_a_tarball(tiny_run, synth_records, 
     assert (out / "results.tar.gz").stat().st_size > 0
     assert len(list((out / "overlays").glob("*.jpg"))) == 7
     # The PNG indices are the evaluation's argmax: evaluate the same way and compare.
-    from dcsp_dist import data as pipeline
-    from dcsp_dist import metrics, records
+    from dcsp_dist.data import pipeline, records
+    from dcsp_dist.inference import metrics
     manifest = records.read_manifest(str(synth_records), "val")
     matrix = np.zeros((21, 21), np.int64)
     for ex in pipeline.make_inference_dataset(str(synth_records), "val", files=records.shard_files(str(synth_records), manifest)):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dcsp_dist import atomic
+from dcsp_dist.core import atomic
 from tests.support.hvd import run_python, run_ranks
 
 TRAIN = ["-m", "dcsp_dist.train", "--config", "tiny_test", "--set", "checkpoint_every=2",
@@ -71,7 +71,7 @@ def test_truncated_newest_checkpoint_is_skipped_and_the_stage_is_not_done(traine
     assert "skipped unreadable checkpoint(s)" in log and "ckpt-8" in log
     assert "resuming from" in log and "ckpt-6" in log
     assert {k: v for k, v in _stamps(ckpt).items() if k in older} == older
-    from dcsp_dist import checkpoints
+    from dcsp_dist.rundir import checkpoints
     assert checkpoints.problem(str(ckpt / "ckpt-8")) is None           # retrained and readable again
 
 
@@ -226,7 +226,7 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
     import keras
     import tensorflow as tf
 
-    from dcsp_dist.checkpoints import save as _save
+    from dcsp_dist.rundir.checkpoints import save as _save
 
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64)])
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(small_tmpfs / "ckpt"), max_to_keep=3)
@@ -237,7 +237,7 @@ def test_full_disk_while_saving_a_checkpoint_or_json(small_tmpfs):
     with pytest.raises(OSError, match=r"saving checkpoint .*ckpt-2 failed .*earlier checkpoints kept: ckpt-1"):
         _save(manager, 2)
     assert sorted(os.listdir(small_tmpfs / "ckpt")) == before              # nothing partial
-    from dcsp_dist import checkpoints
+    from dcsp_dist.rundir import checkpoints
     assert checkpoints.problem(str(small_tmpfs / "ckpt" / "ckpt-1")) is None
     with pytest.raises(OSError, match=r"writing .*results.json failed"):
         atomic.write_json(str(small_tmpfs / "results.json"), {"miou": 0.6, "pad": "x" * 100_000})
@@ -273,5 +273,5 @@ def test_full_disk_while_writing_cue_shards(trained, synth_records, tmpfs):
     assert ("failed" in errors[0] or "cannot write" in errors[0]) and "Traceback" not in proc.stderr
     left = [p.name for p in (run / "cues").iterdir()] if (run / "cues").exists() else []
     assert not [name for name in left if ".tmp" in name or name.endswith(".cues.tfrecord")], left
-    from dcsp_dist import checkpoints
+    from dcsp_dist.rundir import checkpoints
     assert checkpoints.problem(str(run / "attention" / "ckpt" / "ckpt-8")) is None

@@ -169,7 +169,7 @@ def test_signals_during_a_resnet101_save_never_cut_it_short(synth_records, tmp_p
     assert proc.returncode == 75, out[-3000:]
     assert "signal SIGTERM again: already stopping at a safe point" in out
     step = int(re.search(r"\[attention\] preempted at step (\d+)/30", out).group(1))
-    from dcsp_dist import checkpoints
+    from dcsp_dist.rundir import checkpoints
     assert checkpoints.problem(str(ckpt_dir / f"ckpt-{step}")) is None                 # complete, reads back
     assert json.load(open(workdir / "preempted.json"))["where"].startswith(f"attention step {step}")
     resumed = subprocess.run([sys.executable, *flags], cwd=ROOT, env=_env(), capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Training that does not die of one bad stretch (dcsp_dist.recovery), under real horovodrun:
+"""Training that does not die of one bad stretch (dcsp_dist.training.recovery), under real horovodrun:
 a rate that blows the loss up is rolled back from on every rank together and the run
 finishes; a run that cannot be recovered stops after the bound with its last good state
 saved and named."""

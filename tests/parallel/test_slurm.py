@@ -257,7 +257,8 @@ def test_preempted_jobs_requeue_and_resume_on_every_path(slurm, synth_records, t
     low = _sbatch(env, low_out, "--stage", "attention", "--config", "tiny_test", "--data", str(synth_records),
                   "--workdir", str(low_dir), "--", *FLAGS, partition="low")
     # B first, at its step 10, while six of the eight GPUs are held (A's and R's jobs hold theirs from their start):
-    # the higher partition's job asks for four, so it can only start with B's. R right after, then A at its own step 10: each still training when signalled.
+    # the higher partition's job asks for four, so it can only start with B's. R right after, then A at its own
+    # step 10: each still training when signalled.
     _wait_for_step(env, [(low, low_out)], 10)
     low_start = time.time()
     _run(["sbatch", "--parsable", "--partition=main", "--nodes=1", "--gpus-per-node=4", "--ntasks=1",

@@ -1,5 +1,5 @@
 """A rank that stops (SIGSTOP in the middle of a stage) ends the job within the stated bound,
-with one line naming the rank, its host and pid (dcsp_dist.watchdog)."""
+with one line naming the rank, its host and pid (dcsp_dist.training.watchdog)."""
 import json
 import os
 import re

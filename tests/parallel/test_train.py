@@ -84,7 +84,7 @@ def test_resume_after_interruption_keeps_step_and_learning_rate(synth_records, t
     assert saved_step in on_disk and saved_step >= indexed >= 10, (saved_step, on_disk, indexed)
     first = re.search(r"\[attention\] step (\d+)/150 .* lr ([0-9.e+-]+)", out)
     assert int(first.group(1)) == saved_step + 1
-    from dcsp_dist.schedule import PolyWithWarmup
+    from dcsp_dist.training.schedule import PolyWithWarmup
     expected = float(PolyWithWarmup(1e-2, 150, 0.9)(saved_step))
     assert abs(float(first.group(2)) - expected) / expected < 0.01
     assert (workdir / "attention" / "done.json").exists()
@@ -168,8 +168,8 @@ def test_adapt_with_crf_writes_cues_of_tagged_classes(tiny_run, synth_records, t
 
     import tensorflow as tf
 
-    from dcsp_dist import records
-    from dcsp_dist.data import decode_cue
+    from dcsp_dist.data import records
+    from dcsp_dist.data.pipeline import decode_cue
     workdir, _ = tiny_run
     copy = tmp_path / "run"
     for stage in ("attention", "cues", "segmentation"):
@@ -203,13 +203,14 @@ def test_cues_follow_their_records_and_not_bookkeeping(tiny_run, synth_voc, synt
     a training stage done on the old records is refused by name."""
     import shutil
 
-    from data_tools import build, saliency, sources
+    from data_tools import build, sources
+    from data_tools.saliency import maps
     workdir, _ = tiny_run
     copy = tmp_path / "run"
     for stage in ("attention", "cues"):
         shutil.copytree(workdir / stage, copy / stage)
     lists = synth_voc / "ImageSets" / "Segmentation"
-    assert saliency.main(["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--out-dir",
+    assert maps.main(["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--out-dir",
                           str(tmp_path / "sal"), "--detector", "frequency-tuned", "--workers", "1"]) == 0
     data = tmp_path / "records"
     build.build(str(synth_voc), sources.read_id_list(str(lists / "train.txt")), "train", str(data), num_shards=4,

@@ -1,5 +1,5 @@
 """Photos as phones and scanners make them, and broken ones: a corpus the tests write with
-PIL, each with what the shared reader (dcsp_dist.images) must give, computed with NumPy."""
+PIL, each with what the shared reader (dcsp_dist.data.images) must give, computed with NumPy."""
 from __future__ import annotations
 
 import struct

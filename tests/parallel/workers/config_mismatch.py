@@ -2,7 +2,7 @@
 import sys
 
 from dcsp_dist import config, distributed
-from dcsp_dist.errors import UserError
+from dcsp_dist.core.errors import UserError
 
 ctx = distributed.init()
 cfg = config.make_config("tiny_test", {"seed": str(ctx.rank)})  # differs per rank on purpose

@@ -14,8 +14,9 @@ from dcsp_dist import distributed
 ctx = distributed.init()
 import tensorflow as tf  # noqa: E402
 
-from dcsp_dist import config, data, records  # noqa: E402
-from dcsp_dist.trainer import StageTrainer  # noqa: E402
+from dcsp_dist import config  # noqa: E402
+from dcsp_dist.data import pipeline, records
+from dcsp_dist.training.trainer import StageTrainer  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)
@@ -28,9 +29,9 @@ cfg = config.make_config("tiny_test", {"augment": "false", "global_batch": str(a
                                        "base_lr": "0.001"})
 manifest = records.read_manifest(args.data, "train")
 examples = []
-for ex in data.make_inference_dataset(args.data, "train", files=records.shard_files(args.data, manifest)):
+for ex in pipeline.make_inference_dataset(args.data, "train", files=records.shard_files(args.data, manifest)):
     ex["cue"] = ex["mask"]
-    examples.append(data.augment(ex, cfg.input, tf.constant([0, 0], tf.int64), maps=("cue",)))
+    examples.append(pipeline.augment(ex, cfg.input, tf.constant([0, 0], tf.int64), maps=("cue",)))
     if len(examples) == args.global_batch * args.steps:
         break
 per_rank = cfg.per_rank_batch(ctx.size)
