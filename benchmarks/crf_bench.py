@@ -25,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dcsp_dist.inference.crf import CRFParams, crf_on_labels, select_labels  # noqa: E402
+from dcsp_dist.inference.crf import CRFConfig, crf_on_labels, select_labels  # noqa: E402
 
 H, W = 375, 500
 
@@ -82,7 +82,7 @@ def sweep(pairs, params, margins):
 
 def compare(pairs, params):
     """Both CRFs on every (image, probs) in turn: seconds per image (medians), agreement, kept."""
-    full = CRFParams(**{**params.__dict__, "label_margin": 0.0})
+    full = CRFConfig(**{**params.__dict__, "label_margin": 0.0})
     t_full, t_ours, same, total, kept, labels_full, labels_ours = [], [], 0, 0, [], [], []
     for image, probs in pairs:
         start = time.perf_counter()
@@ -134,11 +134,11 @@ def model_pairs(checkpoint, data):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--margin", type=float, default=CRFParams().label_margin, help="label_margin to measure")
+    parser.add_argument("--margin", type=float, default=CRFConfig().label_margin, help="label_margin to measure")
     parser.add_argument("--checkpoint")
     parser.add_argument("--data")
     args = parser.parse_args(argv)
-    params = CRFParams(label_margin=args.margin)
+    params = CRFConfig(label_margin=args.margin)
     rng = np.random.default_rng(0)
     print(f"label_margin {params.label_margin} (keep a label within e^-{params.label_margin:g} of the best somewhere)")
     for num_labels in (21, 81):
@@ -153,7 +153,7 @@ def main(argv=None):
     if args.checkpoint:
         from dcsp_dist.inference import metrics
         items, params = model_pairs(args.checkpoint, args.data)
-        params = CRFParams(**{**params.__dict__, "label_margin": args.margin})
+        params = CRFConfig(**{**params.__dict__, "label_margin": args.margin})
         r = compare([(i, p) for i, p, _ in items], params)
         c = items[0][1].shape[-1]
         miou = []

@@ -172,9 +172,25 @@ class InferenceConfig(_Section):
         if not 0 <= self.bg_threshold <= 1:
             raise UserError(f"bg_threshold must be in [0, 1], not {self.bg_threshold}")
         for name in ("cue_scales", "eval_scales"):
-            scales = getattr(self, name)
-            if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
-                raise UserError(f"{name} must start with 1 and lie in (0, 1], not {scales}")
+            check_scales(getattr(self, name), name)
+
+
+def check_scales(scales: tuple, what: str) -> None:
+    """The rule for every list of inference scales: the first is 1, all lie in (0, 1]."""
+    if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
+        raise UserError(f"{what} must start with 1 and lie in (0, 1], not {scales}")
+
+
+def parse_scales(text: str | None, default) -> tuple:
+    """``--scales 1,0.75,0.5`` as a tuple (``default`` when not given), by the settings' rule."""
+    if text is None:
+        return tuple(default)
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
+    check_scales(scales, f"--scales {text!r}")
+    return scales
 
 
 @dataclasses.dataclass(frozen=True)

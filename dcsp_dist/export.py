@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from dcsp_dist.config import parse_scales
 from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError
 
@@ -40,7 +41,6 @@ def export(args) -> dict:
     """Write the SavedModel; returns what it holds (for the console line)."""
     import tensorflow as tf
 
-    from dcsp_dist.inference.jobs import parse_scales
     from dcsp_dist.inference.predictor import class_names_for, load_for_inference, probability_fn_for
 
     if os.path.exists(args.out):

@@ -121,10 +121,9 @@ def test_presets_are_one_file_each():
 
 
 def test_scales_follow_one_rule_on_the_command_line_and_in_the_settings():
-    from dcsp_dist.inference.jobs import parse_scales
-    assert parse_scales("1,0.75,0.5", ()) == (1.0, 0.75, 0.5)
+    assert config.parse_scales("1,0.75,0.5", ()) == (1.0, 0.75, 0.5)
     for bad in ("1,1.5", "0.5,1", "1,0"):
         with pytest.raises(ValueError, match="--scales"):
-            parse_scales(bad, ())
+            config.parse_scales(bad, ())
         with pytest.raises(ValueError, match="eval_scales must start with 1 and lie in"):
             config.make_config("voc_paper", {"eval_scales": bad})

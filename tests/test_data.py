@@ -10,6 +10,7 @@ from PIL import Image
 from data_tools import build, sources, verify
 from dcsp_dist import config
 from dcsp_dist.data import pipeline, records
+from dcsp_dist.models import inputs
 from dcsp_dist.models.inputs import BGR_MEAN
 
 CFG = config.make_config("tiny_test")
@@ -203,7 +204,7 @@ def test_augment_keeps_image_and_maps_aligned():
         row = cue[0, :cols] % 3
         flipped += int(row[0] > row[-1])
         # The network input: BGR minus the Caffe mean, padding exactly 0 (docs/method.md §1).
-        x = pipeline.network_input(out["image"][None], out["valid"][None])[0].numpy()
+        x = inputs.network_input(out["image"][None], out["valid"][None])[0].numpy()
         assert (x[~inside] == 0).all()
         np.testing.assert_allclose(x[inside], rgb[inside][:, ::-1] - np.array(BGR_MEAN), atol=1e-4)
     assert 0 < padded < 12 and 0 < flipped < 12

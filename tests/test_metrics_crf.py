@@ -6,6 +6,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from dcsp_dist.config import CRFConfig
 from dcsp_dist.inference import crf, crf_pool, metrics
 from tests.support.hvd import spawned_workers
 
@@ -53,7 +54,7 @@ def test_crf_sharpens_blurred_probabilities_on_real_voc_image(voc_sample):
         return metrics.scores(metrics.confusion_matrix(mask, pred, 21))["miou"]
 
     before = miou(np.argmax(probs, -1))
-    after = miou(crf.dense_crf(image, probs, crf.CRFParams()))
+    after = miou(crf.dense_crf(image, probs, CRFConfig()))
     assert after > before + 0.01, (before, after)
 
 
@@ -120,9 +121,9 @@ def test_crf_over_kept_labels_equals_the_full_crf_on_the_real_image(voc_sample):
     rng = np.random.default_rng(1)
     h, w = image.shape[:2]
     probs = _probs_with_tail(rng, h, w, 81, [15, 20, 41], rng.normal(-10, 2.5, 81).astype(np.float32))
-    full = crf.dense_crf(image, probs, crf.CRFParams(label_margin=0.0))
-    ours = crf.dense_crf(image, probs, crf.CRFParams())
-    assert len(crf.select_labels(probs, crf.CRFParams().label_margin)[0]) < 40
+    full = crf.dense_crf(image, probs, CRFConfig(label_margin=0.0))
+    ours = crf.dense_crf(image, probs, CRFConfig())
+    assert len(crf.select_labels(probs, CRFConfig().label_margin)[0]) < 40
     assert (full == ours).mean() >= 0.999
     assert set(np.unique(ours)) <= {0, 15, 20, 41} | set(np.unique(full))
 
@@ -157,7 +158,7 @@ def test_a_crf_worker_signalled_while_it_starts_finishes_its_images():
     watcher = threading.Thread(target=signal_the_worker_as_it_appears)
     watcher.start()
     try:
-        out = list(crf_pool.run_inference(lambda image: _Array(probs), dataset, crf.CRFParams(), workers=1))
+        out = list(crf_pool.run_inference(lambda image: _Array(probs), dataset, CRFConfig(), workers=1))
     finally:
         signalled.append(None)
         watcher.join()

@@ -3,7 +3,7 @@
 Training: this rank's shard files (``files[rank::size]``), interleaved, shuffled, parsed,
 augmented as docs/method.md §1 (random scale in [min, max), flip, pad, crop; the same geometry on
 every per-pixel map; only the crop's window of the JPEG is decoded), batched as uint8,
-prefetched; ``network_input`` (BGR minus the Caffe mean) runs in the train step. Cue shards
+prefetched; ``models.inputs.network_input`` (BGR minus the Caffe mean) runs in the train step. Cue shards
 written by the cues stage are zipped file by file with the image shards they mirror.
 Evaluation/inference: this rank's files in order, one full-size image at a time.
 """
@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from dcsp_dist.data import records
 from dcsp_dist.data.records import IGNORE_LABEL
-from dcsp_dist.models.inputs import preprocess_image
 from dcsp_dist.rundir import layout
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -52,21 +51,6 @@ def decode(serialized, has_saliency: bool = True, has_mask: bool = False,
 def decode_cue(serialized) -> dict:
     ex = tf.io.parse_single_example(serialized, records.cue_feature_spec())
     return {"id": ex["id"], "cue": tf.io.decode_png(ex["cue/encoded"], channels=1)[..., 0]}
-
-
-def network_input(crops, valid) -> tf.Tensor:
-    """Training crops as the network takes them: BGR minus the mean, padding exactly 0.
-
-    Args:
-      crops: uint8 RGB [B, crop, crop, 3] from ``augment`` (batched).
-      valid: int32 [B, 2], the rows and columns of each crop holding image content
-        (the rest is padding, which docs/method.md §1 fills with the mean: 0 after subtraction).
-    Runs inside the compiled train step, so on a GPU it costs the input pipeline nothing.
-    """
-    x = preprocess_image(crops)
-    rows = tf.range(tf.shape(x)[1])[None, :, None] < valid[:, 0, None, None]
-    cols = tf.range(tf.shape(x)[2])[None, None, :] < valid[:, 1, None, None]
-    return x * tf.cast(rows & cols, x.dtype)[..., None]
 
 
 # ----------------------------------------------------------------------------- augment
@@ -149,7 +133,7 @@ def augment(example: dict, inp, seed, maps=("cue",)) -> dict:
       inp: the config's ``input`` section (crop_size, min_scale, max_scale, flip, augment).
       seed: int [2] stateless seed; different per rank and per example.
       maps: per-pixel map keys to carry along (those present in ``example``).
-    Returns a dict with image [crop, crop, 3] uint8 RGB (``network_input`` turns a batch of
+    Returns a dict with image [crop, crop, 3] uint8 RGB (``models.inputs.network_input`` turns a batch of
     them into the network's input), valid int32 [2] (rows, columns of image content; the
     rest is padding), each map [crop, crop] uint8 padded with its PAD_VALUES entry, tags, id.
     """
@@ -207,7 +191,7 @@ def make_train_dataset(data_dir: str, cfg, batch: int, rank: int = 0, size: int 
     (elastic training after a change of world size); it moves the seeds on, so a restarted
     pipeline does not replay the batches it drew from step 0.
 
-    Elements: {"image" [B, crop, crop, 3] uint8 RGB (``network_input`` makes it the network's
+    Elements: {"image" [B, crop, crop, 3] uint8 RGB (``models.inputs.network_input`` makes it the network's
     input inside the step), "valid" [B, 2] int32 (the rows and columns of image content; the rest is padding),
     "tags" [B, K] float32 multi-hot (K object classes, from the records), "id" [B]} plus
     "cue" [B, crop, crop] uint8 when ``cue_dir`` is given (segmentation stages).

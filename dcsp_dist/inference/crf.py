@@ -25,9 +25,6 @@ from dcsp_dist.config import CRFConfig
 UNARY_CLIP = 1e-5   # pydensecrf.utils.unary_from_softmax's floor on probabilities
 
 
-# The CRF's parameters are the config's CRF section (``cfg.crf``; defaults: docs/method.md §5).
-CRFParams = CRFConfig
-
 
 def select_labels(probs: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """The labels the CRF needs and their renormalised probabilities.
@@ -59,7 +56,7 @@ def select_labels(probs: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndar
 
 
 def crf_on_labels(image: np.ndarray, probs: np.ndarray, labels: np.ndarray,
-                  params: CRFParams = CRFParams()) -> np.ndarray:
+                  params: CRFConfig = CRFConfig()) -> np.ndarray:
     """Mean-field inference over ``labels`` only; returns [H, W] uint8 full label ids.
 
     Args:
@@ -84,7 +81,7 @@ def crf_on_labels(image: np.ndarray, probs: np.ndarray, labels: np.ndarray,
     return np.asarray(labels, np.uint8)[np.argmax(marginals, axis=0)]
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFConfig = CRFConfig()) -> np.ndarray:
     """Refine softmax probabilities [H, W, C] with a dense CRF over the labels that can
     matter (``params.label_margin``); returns [H, W] uint8 labels."""
     labels, sub = select_labels(probs, params.label_margin)

@@ -6,6 +6,7 @@ top, and their CRF worker processes (spawned) must start without loading TensorF
 """
 from __future__ import annotations
 
+from dcsp_dist import config as config_lib
 from dcsp_dist.core.errors import UserError
 
 
@@ -33,19 +34,6 @@ def add_job_arguments(parser, default_split: str, data_required: bool = True, ma
                         "collective) to FILE; open it in chrome://tracing or ui.perfetto.dev")
     parser.add_argument("--verify-data", action="store_true",
                         help="check every shard's sha256 and record count first (default: existence and size)")
-
-
-def parse_scales(text: str | None, default) -> tuple:
-    if text is None:
-        return tuple(default)
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"--scales {text!r}: expected numbers like 1,0.75,0.5") from None
-    if not scales or scales[0] != 1.0 or not all(0 < x <= 1 for x in scales):
-        raise UserError(f"--scales {text!r}: the first scale must be 1 and all must lie in (0, 1], as the "
-                        f"settings' cue_scales and eval_scales")
-    return scales
 
 
 class Job:
@@ -90,7 +78,7 @@ class Job:
         from dcsp_dist.inference import crf_pool
         from dcsp_dist.inference.predictor import load_for_inference
         self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
-        self.scales = parse_scales(args.scales, self.cfg.inference.eval_scales)
+        self.scales = config_lib.parse_scales(args.scales, self.cfg.inference.eval_scales)
         if args.window is not None:
             self.cfg = self.cfg.replace(inference_window=args.window)
         self.crf = None if args.no_crf else self.cfg.crf

@@ -21,14 +21,14 @@ def visualise(model, batch, stride: int, space: str = "logits"):
     import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist.data import pipeline
     from dcsp_dist.data.palette import color_map
     from dcsp_dist.models import geometry
+    from dcsp_dist.models.inputs import network_input
 
     cmap = color_map()
     image = batch["image"][0].numpy()
     crop = image.shape[:2]
-    out = model(pipeline.network_input(batch["image"][:1], batch["valid"][:1]), training=False)
+    out = model(network_input(batch["image"][:1], batch["valid"][:1]), training=False)
     scores = out["segmentation"][0]
     if space == "probabilities":
         scores = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)

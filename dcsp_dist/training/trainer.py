@@ -106,7 +106,7 @@ class StageTrainer:
         import tensorflow as tf
 
         from dcsp_dist import distributed
-        from dcsp_dist.data import pipeline
+        from dcsp_dist.models.inputs import network_input
         from dcsp_dist.training import losses
 
         cfg, model = self.cfg, self.model
@@ -119,7 +119,7 @@ class StageTrainer:
         def local_step(batch):
             """Forward + backward on this rank's batch (XLA-compilable: no collectives)."""
             with tf.GradientTape(persistent=split) as tape:
-                out = model(pipeline.network_input(batch["image"], batch["valid"]), training=False)
+                out = model(network_input(batch["image"], batch["valid"]), training=False)
                 cls = losses.classification_loss(out["attention"], batch["tags"])
                 seg = losses.segmentation_loss(out["segmentation"], batch["cue"], cfg.model.output_stride) \
                     if use_segmentation else 0.0
