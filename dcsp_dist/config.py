@@ -23,9 +23,12 @@ import difflib
 import hashlib
 import json
 import os
+import sys
+import time
 from typing import Any
 
-from dcsp_dist.core import atomic
+from dcsp_dist import configs
+from dcsp_dist.core import atomic, stages
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
 from dcsp_dist.core.stages import TRAINING_STAGES
@@ -335,7 +338,6 @@ class Config:
     def learning_rate(self, stage: str) -> float:
         """Peak learning rate of ``stage`` (the stage table says which base it takes) after
         the scaling rule."""
-        from dcsp_dist.core import stages
         base = self.optimizer.base_lr
         if stages.get(stage).lr == "segmentation" and self.optimizer.segmentation_base_lr > 0:
             base = self.optimizer.segmentation_base_lr
@@ -390,7 +392,6 @@ def flatten(values: dict) -> dict:
 
 def preset(name: str) -> Config:
     """The preset ``name`` (``dcsp_dist/configs/<name>.py``, found by ``dcsp_dist.configs``)."""
-    from dcsp_dist import configs
     return configs.get(name)
 
 
@@ -515,7 +516,6 @@ def config_differences(workdir: str, settings: dict) -> list[str]:
 def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print) -> None:
     """Refuse (ValueError, one line listing the differences) a resume whose settings differ
     from the run's; with ``allow``, record the differences in ``<workdir>/config_changes.json``."""
-    import time
     diffs = config_differences(workdir, settings)
     if not diffs:
         return
@@ -533,7 +533,6 @@ def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print
 
 def main(argv=None) -> int:
     """``python -m dcsp_dist.config [PRESET]``: every setting, by section, with the preset's value."""
-    import sys
     cfg = preset((argv if argv is not None else sys.argv[1:] or ["voc_paper"])[0])
     for section in SECTIONS:
         print(f"[{section}]")

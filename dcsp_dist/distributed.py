@@ -12,6 +12,7 @@ through the underlying ``tf.Variable`` (``keras_variable.value``).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import os
 import socket
@@ -23,7 +24,9 @@ import horovod.tensorflow.elastic  # noqa: F401  (hvd.elastic)
 import numpy as np
 import tensorflow as tf
 from horovod.common import elastic as hvd_elastic_common
+from horovod.common.exceptions import HorovodInternalError
 
+from dcsp_dist.core import preemption
 from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError, first_line
 from dcsp_dist.core.placement import cores_per_rank
@@ -113,7 +116,6 @@ def expects_gpu(require_gpu: str = "auto") -> str | None:
     """Why this job expects GPUs (None: it does not): ``require_gpu=true``, or with "auto" a
     set-up made with ``GPU=1`` (its stamp in the environment) or ``CUDA_VISIBLE_DEVICES``
     naming devices; never with "false"."""
-    import glob
     if require_gpu in ("true", True):
         return "require_gpu=true"
     if require_gpu in ("false", False):
@@ -282,7 +284,6 @@ def peer_failed(exc: BaseException) -> bool:
 def collective_failed(exc: BaseException) -> bool:
     """True for a collective that failed underneath (Gloo's receive timeout, a peer's closed
     connection, Horovod's internal error), as opposed to an error of this rank's own."""
-    from horovod.common.exceptions import HorovodInternalError
     if isinstance(exc, HorovodInternalError):
         return True
     text = str(exc)
@@ -297,7 +298,6 @@ def run_or_report(job) -> int:
     stopped (the failing rank's own line, or the watchdog's, says which when it could).
     Anything else is a bug and keeps its traceback. After a signal stopped the job resumably
     the rank ends at once with ``preemption.EXIT_PREEMPTED`` (``leave_now``)."""
-    from dcsp_dist.core import preemption
     try:
         job()
     except preemption.Preempted as exc:
@@ -393,7 +393,6 @@ def run_elastic(func):
     """Horovod's elastic driver loop around ``func(state)``: on a lost worker the
     survivors roll back to the last commit, re-form the ring and call ``func`` again; on
     added workers everyone syncs from rank 0 and calls it again."""
-    from horovod.common.exceptions import HorovodInternalError
 
     def guarded(state, *args, **kwargs):
         try:

@@ -19,9 +19,15 @@ import os
 import sys
 import time
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError
+from dcsp_dist.core.progress import progress
+from dcsp_dist.inference import metrics
 from dcsp_dist.inference.jobs import Job, add_job_arguments, main_for
+from dcsp_dist.rundir import layout
 
 
 def parse_args(argv=None):
@@ -59,7 +65,6 @@ def evaluate_each(args, ctx) -> list:
 def default_out(checkpoint: str, split: str) -> str:
     """<run>/eval_<split> for a run or stage directory, or for a checkpoint prefix inside a
     run (``<run>/<stage>/ckpt/ckpt-N``); any other prefix needs --out (ValueError)."""
-    from dcsp_dist.rundir import layout
     path = os.path.abspath(checkpoint)
     if os.path.isdir(path):
         run = os.path.dirname(path) if os.path.basename(path) in layout.SCHEDULE else path
@@ -74,8 +79,6 @@ def default_out(checkpoint: str, split: str) -> str:
 
 def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
     """Row-normalised confusion matrix as a picture (rows: truth, columns: prediction)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
 
     m = np.asarray(matrix, np.float64)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -95,11 +98,8 @@ def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
 
 
 def evaluate(args, ctx) -> dict | None:
-    import numpy as np
 
     from dcsp_dist import distributed
-    from dcsp_dist.core.progress import progress
-    from dcsp_dist.inference import metrics
 
     out = args.out
     job = Job(args, ctx, need_mask=True, out_dir=out)   # every check happens here, before any work
@@ -147,10 +147,8 @@ def evaluate(args, ctx) -> dict | None:
 
 def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int, seconds: float) -> dict:
     """results.json, confusion.png and TensorBoard scalars into ``out`` (rank 0)."""
-    import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist.inference import metrics
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names, crf, scales, prefix = job.manifest["class_names"], job.crf, job.scales, job.checkpoint
     summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,

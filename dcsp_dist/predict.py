@@ -24,7 +24,13 @@ import os
 import sys
 import tarfile
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from dcsp_dist.core import atomic
+from dcsp_dist.core.progress import progress
+from dcsp_dist.data import records
+from dcsp_dist.data.palette import color_map, palette
 from dcsp_dist.inference.jobs import ImageJob, Job, add_job_arguments, main_for
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
@@ -53,9 +59,7 @@ def parse_args(argv=None):
 
 def save_palette_png(label, path: str) -> None:
     """Write a class-index map as a palette PNG with the VOC colour map (atomically)."""
-    from PIL import Image
 
-    from dcsp_dist.data.palette import palette
     image = Image.fromarray(label.astype("uint8"), mode="P")
     image.putpalette(palette())
     tmp = atomic.temp_name(path)
@@ -65,10 +69,7 @@ def save_palette_png(label, path: str) -> None:
 
 def save_overlay(image, label, path: str, class_names=None) -> None:
     """image | blend | colour map, and below them a legend of the classes present."""
-    import numpy as np
-    from PIL import Image, ImageDraw
 
-    from dcsp_dist.data.palette import color_map
     cmap = color_map()
     colour = cmap[label]
     blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
@@ -145,8 +146,6 @@ def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
     """This rank's masks (and overlays) under ``out``; returns the count over all ranks and
     every rank's unreadable images."""
     from dcsp_dist import distributed
-    from dcsp_dist.core.progress import progress
-    from dcsp_dist.data import records
     masks_dir = _masks_dir(args, out)
     overlay_dir = os.path.join(out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)

@@ -21,7 +21,12 @@ from dcsp_dist import configs
 from dcsp_dist.core import atomic, preemption
 from dcsp_dist.core import stages as stage_table
 from dcsp_dist.core.errors import TrainingStopped, UserError
-from dcsp_dist.rundir import layout
+from dcsp_dist.data import records
+from dcsp_dist.rundir import checkpoints, layout
+from dcsp_dist.training.cue_writer import cue_stage
+from dcsp_dist.training.recovery import Recovery
+from dcsp_dist.training.reporting import Diagnostics, Reporter
+from dcsp_dist.training.trainer import StageTrainer
 
 
 def parse_args(argv=None):
@@ -61,8 +66,6 @@ class StepLoop:
 
     def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None,
                  workdir: str):
-        from dcsp_dist.training.recovery import Recovery
-        from dcsp_dist.training.reporting import Diagnostics
         self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
             stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
         self.workdir = workdir
@@ -162,7 +165,6 @@ class StepLoop:
     def _next(self, iterator, ctx):
         import tensorflow as tf
 
-        from dcsp_dist.data import records
         try:
             return next(iterator)
         except tf.errors.DataLossError as exc:
@@ -176,10 +178,7 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     import keras
 
     from dcsp_dist import distributed
-    from dcsp_dist.data import pipeline, records
-    from dcsp_dist.rundir import checkpoints
-    from dcsp_dist.training.reporting import Reporter
-    from dcsp_dist.training.trainer import StageTrainer
+    from dcsp_dist.data import pipeline
     from dcsp_dist.training.world import StageRun
 
     # The global seed first: tf.data's seeded ops derive their seeds from it, so a stage
@@ -225,7 +224,6 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
 def _initialise(model, spec, cfg, workdir: str) -> str:
     """A stage's starting weights when it has no checkpoint of its own; says which."""
     from dcsp_dist.models import load_initial_weights
-    from dcsp_dist.rundir import checkpoints
     if spec.init_from:
         checkpoints.restore_model(model, layout.stage_checkpoint(workdir, spec.init_from),
                                   f"the {spec.init_from} stage's checkpoint")
@@ -237,7 +235,6 @@ def _finish(loop: StepLoop, ctx, start: int) -> None:
     """Check every rank holds the same weights, then rank 0 saves the final checkpoint and
     writes done.json (with the digest of the records it trained on and any roll-backs)."""
     from dcsp_dist import distributed
-    from dcsp_dist.data import records
     stage, trainer, ckpts, reporter, workdir = loop.stage, loop.trainer, loop.ckpts, loop.reporter, loop.workdir
     ranks = distributed.check_weights_in_sync(trainer.model.variables, f"[{stage}] end of stage")
     # Rank 0 prints every rank's gathered digest in one write: lines printed by each rank
@@ -262,7 +259,6 @@ def check_inputs(stages, cfg, world, data_dir: str, verify_data: bool = False) -
     """Fail before any work on missing or inconsistent records (one clear line); returns
     the training split as checked."""
     from dcsp_dist import distributed
-    from dcsp_dist.data import records
     ctx = world.context
     manifest = records.read_manifest(data_dir, cfg.run.train_split)
     shards = records.shard_files(data_dir, manifest)
@@ -285,8 +281,6 @@ def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
     checkpoint it names reads back. A cue stage done on other records is redone (its shards
     whose image shard is unchanged are kept); a training stage is refused (ValueError)."""
     from dcsp_dist import distributed
-    from dcsp_dist.data import records
-    from dcsp_dist.rundir import checkpoints
     if not layout.is_done(workdir, stage):
         return False
     made_from, now = layout.read_done(workdir, stage).get("records"), records.records_digest(inputs.manifest)
@@ -310,7 +304,6 @@ def _is_done(workdir: str, stage: str, inputs: TrainInputs) -> bool:
 
 def resolve_classes(cfg, data_dir: str, explicit: bool):
     """The config sized for the training records' class list; train and val must agree."""
-    from dcsp_dist.data import records
     manifest = records.read_manifest(data_dir, cfg.run.train_split, check_files=False)
     if os.path.isfile(records.manifest_path(data_dir, cfg.run.val_split)):
         records.check_same_classes(data_dir, cfg.run.train_split, cfg.run.val_split)
@@ -337,7 +330,6 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
 
 def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
     from dcsp_dist import distributed
-    from dcsp_dist.training.cue_writer import cue_stage
     for name in stages:
         # Rank 0 owns the run directory; every rank follows its view of what is done.
         if world.agree(lambda name=name: _is_done(workdir, name, inputs)):
@@ -363,7 +355,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from dcsp_dist import distributed
-    from dcsp_dist.data import records
     explicit = "num_classes" in config_lib.explicit_settings(args.set, args.config_file)
     try:
         cfg = resolve_classes(cfg, args.data, explicit)

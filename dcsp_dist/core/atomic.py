@@ -6,8 +6,13 @@ Standard library only: the data tools import it too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import socket
+import tempfile
+import uuid
 
 from dcsp_dist.core.errors import UserError, first_line
 
@@ -42,7 +47,6 @@ def read_json(path: str, what: str = "state file") -> dict:
 
 def file_digest(path: str, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
     digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -53,8 +57,6 @@ def file_digest(path: str, algorithm: str = "sha256") -> str:
 def temp_name(path: str) -> str:
     """A temporary name beside ``path`` unique across hosts and processes (PIDs repeat
     across hosts and pods on a shared filesystem)."""
-    import socket
-    import uuid
     return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -120,7 +122,6 @@ def check_writable_dir(path: str, flag: str) -> None:
     writable directory. Creates nothing: a probe file in the nearest existing directory is
     written and removed (as root, permission bits say nothing about read-only mounts or
     immutable directories; a real write does)."""
-    import tempfile
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path} exists and is not a directory")
@@ -155,7 +156,6 @@ def staging_dir(out: str) -> str:
 def publish_dir(staging: str, out: str) -> None:
     """Replace ``out`` by the completed ``staging`` directory: the old one is renamed aside,
     the new one into place, then the old one is removed. Nothing of an earlier run stays."""
-    import shutil
     out = os.path.abspath(out).rstrip(os.sep)
     fsync_dir(staging)
     old = None
@@ -169,6 +169,5 @@ def publish_dir(staging: str, out: str) -> None:
 
 
 def discard_dir(staging: str | None) -> None:
-    import shutil
     if staging and os.path.isdir(staging):
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 
 from dcsp_dist.core import atomic
 from dcsp_dist.core.console import say
@@ -109,7 +110,6 @@ def record(workdir: str | None, where: str) -> None:
     batch script sets) once the job's state is safe on disk. A scheduler's script reads it
     when the tasks' exit statuses are mixed (srun's --kill-on-bad-exit kills the ranks still
     exiting once one has exited 75)."""
-    import time
 
     path = os.environ.get("DCSP_PREEMPT_MARKER") or (os.path.join(workdir, MARKER) if workdir else None)
     if path is None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import cv2
+import numpy as np
 import tensorflow as tf
 
 from dcsp_dist.data import records
@@ -85,7 +87,6 @@ def crop_geometry(shape, u, inp):
 
 def _cv2():
     """OpenCV, single-threaded: tf.data already runs one call per core."""
-    import cv2
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
     return cv2
@@ -93,7 +94,6 @@ def _cv2():
 
 def _resize_flip_pad(image, maps, out, flip, crop, pad_values):
     """NumPy/OpenCV body of ``augment``: resize the windows to ``out``, flip, pad to crop."""
-    import numpy as np
     cv2 = _cv2()
     out_h, out_w = int(out[0]), int(out[1])
     content = (slice(0, out_h), slice(0, out_w))

@@ -211,7 +211,6 @@ def check_balance(directory: str, manifest: dict, size: int, log) -> None:
 def check_cue_shards(cue_dir: str, files: list[str], stage: str) -> None:
     """This rank's cue shards against the cue stage's record of them (``cues.json``):
     each exists with the size and count written. A damaged one is named as a cue shard."""
-    import json
     summary_path = layout.cue_summary_path(cue_dir)
     try:
         with open(summary_path) as fh:

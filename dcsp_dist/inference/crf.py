@@ -19,6 +19,8 @@ kept labels' probabilities ([k, H, W] float32) travel to them.
 from __future__ import annotations
 
 import numpy as np
+import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_softmax
 
 from dcsp_dist.config import CRFConfig
 
@@ -64,8 +66,6 @@ def crf_on_labels(image: np.ndarray, probs: np.ndarray, labels: np.ndarray,
       probs: [k, H, W] float32 probabilities of ``labels`` (from ``select_labels``).
       labels: [k] the label ids the k channels stand for.
     """
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
 
     k, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, k)

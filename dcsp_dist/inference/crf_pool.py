@@ -5,8 +5,15 @@ No TensorFlow here: the pool's processes are spawned and import only this module
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import multiprocessing
 import signal
+from concurrent.futures import ProcessPoolExecutor
+
+from dcsp_dist.core.placement import cores_per_rank
+from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
+from dcsp_dist.inference.crf import crf_on_labels, dense_crf, select_labels
 
 
 def run_inference(probabilities, dataset, crf_params, workers: int = 1):
@@ -18,11 +25,7 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
     ``workers`` processes while the network computes the next images (``workers=0``:
     inline, sequential). Labels come back in dataset order.
     """
-    import collections
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    from dcsp_dist.inference.crf import crf_on_labels, dense_crf, select_labels
 
     if workers <= 0 or crf_params is None:
         for ex in dataset:
@@ -53,7 +56,6 @@ def run_inference(probabilities, dataset, crf_params, workers: int = 1):
 
 
 def _preemption_signals():
-    from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
     return parse_signals(DEFAULT_SIGNALS)
 
 
@@ -89,5 +91,4 @@ def default_crf_workers(local_size: int) -> int:
     The CRF (~1 s of CPU per VOC image) outweighs the network's CPU work (small on a GPU,
     and on a CPU the network waits for the CRF anyway), so every core gets a CRF process.
     """
-    from dcsp_dist.core.placement import cores_per_rank
     return cores_per_rank(local_size)

@@ -6,8 +6,16 @@ top, and their CRF worker processes (spawned) must start without loading TensorF
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from dcsp_dist import config as config_lib
-from dcsp_dist.core.errors import UserError
+from dcsp_dist.core import preemption
+from dcsp_dist.core.errors import UserError, first_line
+from dcsp_dist.data import records
+from dcsp_dist.data.images import BadImage, list_images, read_rgb
+from dcsp_dist.inference import crf_pool
 
 
 def add_job_arguments(parser, default_split: str, data_required: bool = True, many_checkpoints: bool = False) -> None:
@@ -40,10 +48,9 @@ class Job:
     """What one rank needs to run inference over its shards, checked before any work."""
 
     def __init__(self, args, ctx, need_mask: bool, out_dir: str | None = None, marker: str = "results.json"):
-        import os
 
         from dcsp_dist import distributed
-        from dcsp_dist.data import pipeline, records
+        from dcsp_dist.data import pipeline
 
         self.check_arguments(args, out_dir, marker)
         self.data_dir = args.data
@@ -75,7 +82,6 @@ class Job:
 
     def _load_model(self, args, ctx) -> None:
         """The trained model and the inference settings: the run's, or the flags'."""
-        from dcsp_dist.inference import crf_pool
         from dcsp_dist.inference.predictor import load_for_inference
         self.model, self.cfg, self.checkpoint = load_for_inference(args.checkpoint, args.config)
         self.scales = config_lib.parse_scales(args.scales, self.cfg.inference.eval_scales)
@@ -90,8 +96,6 @@ class Job:
         overlap. Damaged records end as one DataError naming the shard."""
         import tensorflow as tf
 
-        from dcsp_dist.core import preemption
-        from dcsp_dist.inference import crf_pool
         from dcsp_dist.inference.predictor import probability_fn_for
         probabilities = probability_fn_for(self.model, self.cfg, self.scales)
         try:
@@ -105,16 +109,13 @@ class Job:
 
     def _damaged(self, exc):
         """The one-line error for damaged input met during ``results``."""
-        from dcsp_dist.data import records
         return records.DataError(records.damaged_shard_message(self.data_dir, self.manifest, self.files, exc))
 
     def count_and_agree(self, count: int) -> int:
         """The images done over all ranks; raises Preempted on every rank when any rank
         was signalled (nothing of the job is written then)."""
-        import numpy as np
 
         from dcsp_dist import distributed
-        from dcsp_dist.core import preemption
         total, stopped = distributed.allreduce_sum(np.array([count, int(self.stopped)], np.int64))
         if stopped:
             where = f"after {total} of {self.manifest['num_examples']} images"
@@ -132,7 +133,6 @@ class ImageJob(Job):
     decode is named (``unreadable``) and the rest are done."""
 
     def __init__(self, args, ctx, out_dir: str, marker: str):
-        from dcsp_dist.data.images import list_images
         from dcsp_dist.inference.predictor import class_names_for
         self.check_arguments(args, out_dir, marker)
         self.images = args.images
@@ -144,8 +144,6 @@ class ImageJob(Job):
         self.class_names = class_names_for(self.checkpoint, self.cfg)
 
     def _damaged(self, exc):
-        from dcsp_dist.core.errors import first_line
-        from dcsp_dist.data import records
         return records.DataError(f"--images {self.images}: reading the photos failed ({first_line(exc)})")
 
     @property
@@ -153,7 +151,6 @@ class ImageJob(Job):
         """This rank's images as examples ({"id", "image"}); unreadable ones are recorded."""
         import tensorflow as tf
 
-        from dcsp_dist.data.images import BadImage, read_rgb
         for stem, path in self.mine:
             try:
                 rgb = read_rgb(path)
@@ -166,7 +163,6 @@ class ImageJob(Job):
 def main_for(job_fn, args) -> int:
     """Init Horovod, run ``job_fn(args, ctx)``; bad input ends as one clear line, exit 1."""
     from dcsp_dist import distributed
-    from dcsp_dist.core import preemption
     preemption.install()
     ctx = distributed.init(intra_threads=args.threads, timeline=args.horovod_timeline)
     return distributed.run_or_report(lambda: job_fn(args, ctx))

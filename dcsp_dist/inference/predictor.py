@@ -8,10 +8,12 @@ import os
 
 import tensorflow as tf
 
+from dcsp_dist import config as config_lib
 from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError, first_line
-from dcsp_dist.models import geometry
-from dcsp_dist.rundir import layout
+from dcsp_dist.models import build_model, geometry
+from dcsp_dist.models.inputs import preprocess_image
+from dcsp_dist.rundir import checkpoints, layout
 
 
 def windowed_outputs(model, x, key: str, window: int, stride: int = 8):
@@ -63,7 +65,6 @@ def make_multiscale_fn(model, scales, key: str, stride: int = 8, space: str = "l
     ``window > 0`` runs the network on windows of that size at every scale
     (``windowed_outputs``, ``Config.inference.inference_window``); 0 on the whole image.
     """
-    from dcsp_dist.models.inputs import preprocess_image
 
     scales = tuple(float(s) for s in scales)
 
@@ -118,9 +119,6 @@ def load_for_inference(checkpoint: str, preset: str | None = None):
     The architecture comes from the config.json saved beside the checkpoint (else from
     ``preset``). Raises FileNotFoundError/ValueError with one clear line.
     """
-    from dcsp_dist import config as config_lib
-    from dcsp_dist.models import build_model
-    from dcsp_dist.rundir import checkpoints
 
     prefix, config_path = layout.final_checkpoint(checkpoint)
     if os.path.isfile(config_path):

@@ -9,10 +9,15 @@ as after any Caffe import) and import sets conv biases to zero.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+import zipfile
 
+import keras
 import numpy as np
 
+from dcsp_dist.core.atomic import publish, temp_name
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME, backbone, head_layers
 
@@ -65,7 +70,6 @@ def read_caffe_file(path: str) -> dict[str, dict[str, np.ndarray]]:
     user's word (``python -m dcsp_dist.models.weights convert --trust-pickle IN.npy OUT.npz``)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path} does not exist")
-    import zipfile
     # By content, not by name: np.load opens a zip (.npz) under any name, and an .npy too.
     try:
         obj = np.load(path, allow_pickle=False)
@@ -86,7 +90,6 @@ def read_caffe_file(path: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _read_npz(data, path: str) -> dict[str, dict[str, np.ndarray]]:
-    import zipfile
     nested: dict = {}
     for key in data.files:
         if "/" not in key:
@@ -114,7 +117,6 @@ def convert_pickled(source: str, target: str) -> int:
 
 def write_caffe_file(weights: dict, path: str) -> None:
     """Write ``weights`` as ``.npy`` (dict) or ``.npz`` (flat keys), atomically."""
-    from dcsp_dist.core.atomic import temp_name
     tmp = temp_name(path)
     if path.endswith(".npz"):
         flat = {f"{layer}/{param}": arr for layer, params in weights.items() for param, arr in params.items()}
@@ -123,7 +125,6 @@ def write_caffe_file(weights: dict, path: str) -> None:
     else:
         with open(tmp, "wb") as fh:
             np.save(fh, np.array(weights, dtype=object), allow_pickle=True)
-    from dcsp_dist.core.atomic import publish
     publish(tmp, path)
 
 
@@ -223,7 +224,6 @@ def load_imagenet_backbone(model, weights: str = "imagenet") -> None:
     ``weights`` is "imagenet" (downloaded by Keras, needs the network once) or the path of
     a local Keras weights file for ResNet101 without top. The backbone must be ResNet-101.
     """
-    import keras
 
     if weights != "imagenet" and not os.path.exists(weights):
         raise FileNotFoundError(f"ImageNet weights file {weights} does not exist")
@@ -263,8 +263,6 @@ def load_initial_weights(model, spec: str) -> str:
 
 def main(argv=None) -> int:
     """``convert --trust-pickle IN.npy OUT.npz``: the one-time conversion of a pickled dict."""
-    import argparse
-    import sys
     parser = argparse.ArgumentParser(prog="python -m dcsp_dist.models.weights",
                                      description="Convert the authors' pickled .npy weights dict to .npz once.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,9 +8,13 @@ lost, it sees no checkpoint, and a relaunch would start from scratch and overwri
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shutil
+import time
 
+from dcsp_dist.core import atomic, preemption
 from dcsp_dist.core.errors import UserError, first_line
 from dcsp_dist.rundir import layout
 
@@ -132,7 +136,6 @@ def write_index(ckpt_dir: str, latest: str, kept: list[str]) -> None:
     "preserved" forever, and rotation stops after the first resume. Each checkpoint gets its
     files' time, and the preserved mark lies before all of them.
     """
-    import time
 
     # What CheckpointManager itself calls to write its index; the public
     # tf.compat.v1.train.update_checkpoint_state wraps it with a deprecation warning that
@@ -148,12 +151,9 @@ def write_index(ckpt_dir: str, latest: str, kept: list[str]) -> None:
 def save(manager, step: int) -> str:
     """manager.save, or one clear error (e.g. a full disk) that leaves the earlier
     checkpoints as they were and no partial one behind."""
-    import glob
-    import shutil
 
     import tensorflow as tf
 
-    from dcsp_dist.core import atomic, preemption
     atomic.check_writes(os.path.join(manager.directory, f"ckpt-{step}"))   # e.g. the run lock was lost
     try:
         with preemption.critical(f"checkpoint {step}"):   # a signal never cuts a checkpoint short

@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 
+from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -72,8 +75,6 @@ class RunLock:
         self.lost: dict | None = None       # the holder that took the lock from this job
 
     def acquire(self, warn=print) -> None:
-        import threading
-        import uuid
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         holder = {"host": socket.gethostname(), "pidns": pid_namespace(), "pid": os.getpid(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex,
@@ -94,7 +95,6 @@ class RunLock:
                 raise OSError(exc.errno, f"writing the run lock {self.path} failed: {exc.strerror}") from None
             self.token = holder["token"]
             self._stop = threading.Event()
-            from dcsp_dist.core import atomic
             atomic.guard_writes(self._guard)
             threading.Thread(target=self._heartbeat, args=(warn,), daemon=True, name="dcsp-run-lock").start()
             return
@@ -200,7 +200,6 @@ class RunLock:
         if self.token is None:
             return
         self._stop.set()
-        from dcsp_dist.core import atomic
         atomic.unguard_writes(self._guard)
         if _read(self.path).get("token") == self.token:
             os.remove(self.path)

@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 import time
 
-from dcsp_dist.core import atomic, stages
+import numpy as np
+
+from dcsp_dist.core import atomic, preemption, stages
 from dcsp_dist.core.errors import first_line
-from dcsp_dist.rundir import layout
+from dcsp_dist.core.progress import progress
+from dcsp_dist.data import records
+from dcsp_dist.inference import crf, metrics
+from dcsp_dist.rundir import checkpoints, layout
+from dcsp_dist.training.trainer import build_model
 
 
 def make_cue_fn(stage: str, cfg, model):
@@ -21,7 +27,6 @@ def make_cue_fn(stage: str, cfg, model):
     import tensorflow as tf
 
     from dcsp_dist.data import cues
-    from dcsp_dist.inference import crf
     from dcsp_dist.inference.predictor import make_multiscale_fn
 
     spec = stages.get(stage)
@@ -63,8 +68,6 @@ def write_shard(path: str, target: str, examples, cue_of, on_label) -> dict:
     images discards the shard (``_Stopped``)."""
     import tensorflow as tf
 
-    from dcsp_dist.core import preemption
-    from dcsp_dist.data import records
     tmp = atomic.temp_name(target)
     count = 0
     try:
@@ -102,14 +105,8 @@ def _finished(target: str, expected: int, made_by: str):
 def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     """Write this rank's cue shards, skipping those already finished by the same model;
     returns the summary (with the cues' mIoU when the split has masks)."""
-    import numpy as np
 
     from dcsp_dist import distributed
-    from dcsp_dist.core import preemption
-    from dcsp_dist.core.progress import progress
-    from dcsp_dist.data import records
-    from dcsp_dist.rundir import checkpoints
-    from dcsp_dist.training.trainer import build_model
 
     spec, start = stages.get(stage), time.time()
     directory = layout.stage_dir(workdir, stage)
@@ -160,11 +157,9 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
 def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target: str, cue_of, bar,
                made_by: str) -> dict:
     """One cue shard and its sidecar record (with its confusion matrix when there are masks)."""
-    import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist.data import pipeline, records
-    from dcsp_dist.inference import metrics
+    from dcsp_dist.data import pipeline
     shard_matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
 
     def on_label(ex, label):
@@ -191,8 +186,6 @@ def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards
     training stage reads them; the cues' mIoU against the training masks, when there are
     masks) and ``done.json``, and prints the per-class table."""
     from dcsp_dist import distributed
-    from dcsp_dist.data import records
-    from dcsp_dist.inference import metrics
     summary = {"stage": stage, "num_images": manifest["num_examples"], "shards": shards}
     if seconds is not None:
         summary["seconds"] = round(seconds, 1)

@@ -2,8 +2,13 @@
 scalars and the image strip (input | cue | prediction | attention of tagged classes)."""
 from __future__ import annotations
 
+import json
 import os
 import time
+
+import numpy as np
+
+from dcsp_dist.data.palette import color_map
 
 
 def fmt_eta(seconds: float) -> str:
@@ -18,10 +23,8 @@ def visualise(model, batch, stride: int, space: str = "logits"):
     the segmentation in ``space`` (``Config.inference.upsample_space``), as in cues and evaluation, so
     the strip shows what the loss and the cues see.
     """
-    import numpy as np
     import tensorflow as tf
 
-    from dcsp_dist.data.palette import color_map
     from dcsp_dist.models import geometry
     from dcsp_dist.models.inputs import network_input
 
@@ -150,9 +153,7 @@ class Diagnostics:
         self.groups = [group(v) for v in trainer.variables]
 
     def step_done(self, done: int, result, batch) -> None:
-        import json
 
-        import numpy as np
         record = {"step": done, **result.losses}
         if done % self.every == 0:
             record.update(self._norms(done, batch))
@@ -165,7 +166,6 @@ class Diagnostics:
             fh.write(json.dumps(record) + "\n")
 
     def _norms(self, done: int, batch) -> dict:
-        import numpy as np
         import tensorflow as tf
         trainer = self.trainer
         tensors = ("image", "valid", "tags") + (("cue",) if trainer.use_segmentation else ())
@@ -187,7 +187,6 @@ class Diagnostics:
 
     def _writer(self):
         if not hasattr(self, "_tb"):
-            import os
 
             import tensorflow as tf
             self._tb = tf.summary.create_file_writer(os.path.join(os.path.dirname(self.path), "tb"))

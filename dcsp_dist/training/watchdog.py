@@ -42,6 +42,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import first_line
@@ -215,7 +216,6 @@ def watching(directory: str, ctx, timeout: float):
     if ctx.size < 2 or not timeout:
         yield lambda progress: None
         return
-    import uuid
 
     from dcsp_dist import distributed
     token = distributed.broadcast_object(uuid.uuid4().hex if ctx.is_chief else None)

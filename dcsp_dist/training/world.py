@@ -19,7 +19,9 @@ import typing
 from dcsp_dist import config as config_lib
 from dcsp_dist import distributed
 from dcsp_dist.core.errors import UserError
+from dcsp_dist.data import records
 from dcsp_dist.rundir.lock import RunLock
+from dcsp_dist.training import watchdog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,6 @@ class FixedWorld:
 
     def check_shards(self, check_mine, check_all) -> None:
         """Every rank checks its own shards; a damaged one stops every rank."""
-        from dcsp_dist.data import records
         distributed.check_on_every_rank(check_mine, records.DataError)
 
     def check_batch(self, cfg) -> None:
@@ -123,7 +124,6 @@ class FixedWorld:
     def train(self, start: int, inputs, run_steps, run: StageRun) -> None:
         """Steps ``start``..``run.steps``: ``run_steps(first, iterator, ctx, on_step, beat)``,
         watched for a stalled rank (dcsp_dist.training.watchdog)."""
-        from dcsp_dist.training import watchdog
         iterator = inputs(start, self._ctx)
         with watchdog.watching(run.heartbeat_dir, self._ctx, run.stall_timeout) as beat:
             run_steps(start, iterator, self._ctx, None, beat)
