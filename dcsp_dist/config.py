@@ -22,17 +22,13 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import os
 import sys
-import time
 from typing import Any
 
 from dcsp_dist import configs
-from dcsp_dist.core import atomic, stages
+from dcsp_dist.core import stages
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
-from dcsp_dist.core.stages import TRAINING_STAGES
-from dcsp_dist.rundir import layout
 
 OBJECTIVES = ("authors_code", "paper_text")
 
@@ -221,7 +217,7 @@ class RunConfig(_Section):
     preempt_signals: str = DEFAULT_SIGNALS   # stop at a step boundary, checkpoint, exit 75 (dcsp_dist.core.preemption)
     stall_timeout: float = 300.0          # seconds without a step before a stalled rank ends the job, exit 76; 0 = off
     # "true": refuse to start on a rank that sees no GPU; "auto": the same when the set-up was
-    # GPU=1 or CUDA_VISIBLE_DEVICES names devices (distributed.expects_gpu); "false": never.
+    # GPU=1 or CUDA_VISIBLE_DEVICES names devices (training.devices.expects_gpu); "false": never.
     require_gpu: str = "auto"
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -492,42 +488,6 @@ def load_saved(path: str) -> Config:
     known = {k: v for k, v in values.items() if k in FLAT}
     return Config(name=name).replace(**{k: _coerce(_field(k), v) for k, v in known.items()})
 
-
-
-
-def config_differences(workdir: str, settings: dict) -> list[str]:
-    """``key: saved -> now`` for every setting that differs from the run's saved config.json
-    files (one per training stage started), bookkeeping settings aside."""
-    diffs = []
-    for stage in TRAINING_STAGES:
-        path = layout.config_path(layout.stage_dir(workdir, stage))
-        if not os.path.isfile(path) or os.path.islink(os.path.join(workdir, stage)):
-            continue
-        saved = flatten(atomic.read_json(path, "saved config"))   # in sections, or flat (config format v1)
-        for key in sorted(set(saved) & set(settings)):   # a setting added since keeps its default
-            if key in BOOKKEEPING or saved[key] == settings[key]:
-                continue
-            line = f"{key}: {saved[key]!r} -> {settings[key]!r}"
-            if line not in diffs:
-                diffs.append(line)
-    return diffs
-
-
-def check_config_unchanged(workdir: str, settings: dict, allow: bool, warn=print) -> None:
-    """Refuse (ValueError, one line listing the differences) a resume whose settings differ
-    from the run's; with ``allow``, record the differences in ``<workdir>/config_changes.json``."""
-    diffs = config_differences(workdir, settings)
-    if not diffs:
-        return
-    if not allow:
-        raise UserError(f"--workdir {workdir} was run with other settings ({'; '.join(diffs)}); relaunch with "
-                         f"the same ones, or pass --allow-changed-config to go on with these (recorded in "
-                         f"{layout.config_changes_path(workdir)})")
-    log_path = layout.config_changes_path(workdir)
-    history = atomic.read_json(log_path, "config change log") if os.path.isfile(log_path) else []
-    history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": diffs})
-    atomic.write_json(log_path, history)
-    warn(f"warning: settings differ from the run's ({'; '.join(diffs)}); recorded in {log_path}")
 
 
 

@@ -341,9 +341,9 @@ def _run_stages(stages, cfg, world, inputs: TrainInputs, workdir: str) -> None:
 
 
 def _start(args, cfg, ctx) -> None:
-    from dcsp_dist import distributed
+    from dcsp_dist.training import devices
     preemption.install(cfg.run.preempt_signals)
-    distributed.report_devices(ctx, cfg.run.require_gpu)
+    devices.report_devices(ctx, cfg.run.require_gpu)
     run(args.stage, cfg, ctx, args.data, args.workdir, args.verify_data, args.allow_changed_config)
 
 

@@ -29,9 +29,10 @@ import sys
 # before it; the tree is these layers (docs/architecture.md).
 LAYERS = [
     ("core", ["dcsp_dist.core"]),
+    ("settings", ["dcsp_dist.config", "dcsp_dist.configs"]),
     ("run directory and models", ["dcsp_dist.rundir", "dcsp_dist.models"]),
     ("data", ["dcsp_dist.data"]),
-    ("settings and the Horovod boundary", ["dcsp_dist.config", "dcsp_dist.configs", "dcsp_dist.distributed"]),
+    ("the Horovod boundary", ["dcsp_dist.distributed"]),
     ("inference", ["dcsp_dist.inference"]),
     ("training", ["dcsp_dist.training"]),
     ("entry points", ["dcsp_dist.train", "dcsp_dist.evaluate", "dcsp_dist.predict", "dcsp_dist.export", "dcsp_dist"]),

@@ -120,6 +120,11 @@ def test_presets_are_one_file_each():
         assert len(module.__doc__) > 100 and config.preset(name).name == name
 
 
+def test_the_voc_preset_has_a_class_for_each_of_voc_s_names():
+    from dcsp_dist.data.records import VOC_CLASSES
+    assert config.preset("voc_paper").model.num_classes == len(VOC_CLASSES) == 21
+
+
 def test_scales_follow_one_rule_on_the_command_line_and_in_the_settings():
     assert config.parse_scales("1,0.75,0.5", ()) == (1.0, 0.75, 0.5)
     for bad in ("1,1.5", "0.5,1", "1,0"):

@@ -10,8 +10,7 @@ differ: docs/conformance.md); this preset adds VOC's class count, background plu
 classes (the records' class list decides it when training; see Config.with_classes).
 """
 from dcsp_dist.config import Config, ModelConfig
-from dcsp_dist.data.records import VOC_CLASSES
 
 
 def get_config() -> Config:
-    return Config(model=ModelConfig(num_classes=len(VOC_CLASSES)))
+    return Config(model=ModelConfig(num_classes=21))

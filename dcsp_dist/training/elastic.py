@@ -10,10 +10,10 @@ new world; each rank's pipeline is rebuilt for its new shards from the committed
 """
 from __future__ import annotations
 
-from dcsp_dist import config as config_lib
 from dcsp_dist import distributed
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.core.stages import TRAINING_STAGES
+from dcsp_dist.rundir.settings import check_config_unchanged
 
 
 class ElasticWorld:
@@ -50,7 +50,7 @@ class ElasticWorld:
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
         """Workers come and go and rank 0 may change, so an elastic job holds no lock; every
         rank compares the settings with the run's (no collective)."""
-        config_lib.check_config_unchanged(workdir, settings, allow_changed, distributed.log)
+        check_config_unchanged(workdir, settings, allow_changed, distributed.log)
         return None
 
     def agree_failure(self, failure: str | None) -> str | None:

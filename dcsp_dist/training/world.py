@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from dcsp_dist import config as config_lib
 from dcsp_dist import distributed
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.data import records
 from dcsp_dist.rundir.lock import RunLock
+from dcsp_dist.rundir.settings import check_config_unchanged
 from dcsp_dist.training import watchdog
 
 
@@ -87,7 +87,7 @@ class FixedWorld:
 
     def hold_run(self, workdir: str, settings: dict, allow_changed: bool):
         """Rank 0 takes the run directory's lock and compares the settings with the run's
-        (``RunLock``, ``config.check_config_unchanged``); a refusal is every rank's.
+        (``RunLock``, ``rundir.settings.check_config_unchanged``); a refusal is every rank's.
         Returns the lock (release it at the end) or None on other ranks."""
         lock = RunLock(workdir) if self.context.is_chief else None
         warn = distributed.log
@@ -95,7 +95,7 @@ class FixedWorld:
         def take():
             lock.acquire(warn)
             try:
-                config_lib.check_config_unchanged(workdir, settings, allow_changed, warn)
+                check_config_unchanged(workdir, settings, allow_changed, warn)
             except BaseException:   # a refusal, or an OSError writing config_changes.json (a full disk)
                 lock.release()
                 raise
