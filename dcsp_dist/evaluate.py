@@ -26,7 +26,8 @@ from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.core.progress import progress
 from dcsp_dist.inference import metrics
-from dcsp_dist.inference.jobs import Job, add_job_arguments, main_for
+from dcsp_dist.inference.jobs import Job, RecordSource, add_job_arguments, check_output, main_for
+from dcsp_dist.inference.settings import InferenceSettings
 from dcsp_dist.rundir import layout
 
 
@@ -40,9 +41,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def each_checkpoint(args) -> list:
-    """One namespace per --checkpoint with its own ``out``, all checked before any work: a
-    second model's unusable output directory is refused before the first model's inference."""
+def each_checkpoint(args) -> list[tuple[InferenceSettings, str]]:
+    """(settings, out) for each --checkpoint, all checked before any work: a second model's
+    unusable output directory is refused before the first model's inference."""
     if len(args.out) > len(args.checkpoint):
         raise UserError(f"--out given {len(args.out)} times for {len(args.checkpoint)} --checkpoint")
     outs = args.out + [default_out(c, args.split) for c in args.checkpoint[len(args.out):]]
@@ -52,14 +53,17 @@ def each_checkpoint(args) -> list:
         if key in seen:
             raise UserError(f"--checkpoint {seen[key]} and {checkpoint} would both write {out}; give each an --out")
         seen[key] = checkpoint
-        Job.check_arguments(args, out, "results.json")
-    return [argparse.Namespace(**{**vars(args), "checkpoint": c, "out": o}) for c, o in zip(args.checkpoint, outs)]
+        check_output(out, "results.json")
+    each = [(InferenceSettings.from_args(args, checkpoint=c), o) for c, o in zip(args.checkpoint, outs)]
+    each[0][0].check()
+    return each
 
 
 def evaluate_each(args, ctx) -> list:
     """``evaluate`` for every --checkpoint in one process (one start-up: TensorFlow, Horovod,
     the CRF workers' spawn)."""
-    return [evaluate(one, ctx) for one in each_checkpoint(args)]
+    return [evaluate(settings, args.data, args.split, out, ctx, verify=args.verify_data)
+            for settings, out in each_checkpoint(args)]
 
 
 def default_out(checkpoint: str, split: str) -> str:
@@ -97,20 +101,22 @@ def confusion_png(matrix, class_names, path: str, cell: int = 18) -> None:
     atomic.publish(tmp, path)
 
 
-def evaluate(args, ctx) -> dict | None:
-
+def evaluate(settings: InferenceSettings, data: str, split: str, out: str, ctx, verify: bool = False) -> dict | None:
+    """The model of ``settings`` over ``split`` of the records in ``data``, every rank its
+    shards; rank 0 writes the scores under ``out`` and returns them."""
     from dcsp_dist import distributed
 
-    out = args.out
-    job = Job(args, ctx, need_mask=True, out_dir=out)   # every check happens here, before any work
-    cfg, crf, scales, prefix, manifest = job.cfg, job.crf, job.scales, job.checkpoint, job.manifest
+    check_output(out, "results.json")
+    settings.check()
+    job = Job(settings, RecordSource(data, split, ctx, need_mask=True, verify=verify), ctx)   # every check first
+    cfg, crf, scales, prefix, manifest = job.cfg, job.crf, job.loaded.scales, job.loaded.checkpoint, job.source.manifest
 
     # ---- per-rank inference, then one reduction -------------------------------------------
     # Two matrices: the labels (CRF's when on) and the network's own argmax, so every
     # evaluation with CRF also says what the CRF adds.
     matrices = np.zeros((2, cfg.model.num_classes, cfg.model.num_classes), np.int64)
     count, start = 0, time.time()
-    bar = progress(job.num_images, f"eval {args.split} (rank 0)", enabled=ctx.is_chief)
+    bar = progress(job.num_images, f"eval {split} (rank 0)", enabled=ctx.is_chief)
     for ex, label, argmax in job.results():
         mask = ex["mask"].numpy()
         confusion = metrics.confusion_matrix(mask, label, cfg.model.num_classes)
@@ -129,14 +135,14 @@ def evaluate(args, ctx) -> dict | None:
     # ---- report on rank 0 -------------------------------------------------------------------
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
     names = manifest["class_names"]
-    title = (f"{args.split}: {images} images, {ctx.size} rank(s), CRF {'off' if crf is None else 'on'}, "
+    title = (f"{split}: {images} images, {ctx.size} rank(s), CRF {'off' if crf is None else 'on'}, "
              f"scales {','.join(map(str, scales))}, window {job.cfg.inference.inference_window}, checkpoint {prefix}")
     distributed.log(metrics.format_table(result, names, title))
     if crf is not None:
         distributed.log(f"without CRF: mIoU {100 * network['miou']:.2f}")
     staging = atomic.staging_dir(out)   # the whole result, then renamed to ``out``
     try:
-        summary = _write_results(args, ctx, job, staging, matrix, network_matrix, images, seconds)
+        summary = _write_results(split, ctx, job, staging, matrix, network_matrix, images, seconds)
         atomic.publish_dir(staging, out)
     except BaseException:
         atomic.discard_dir(staging)
@@ -145,13 +151,13 @@ def evaluate(args, ctx) -> dict | None:
     return summary
 
 
-def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int, seconds: float) -> dict:
+def _write_results(split: str, ctx, job, out: str, matrix, network_matrix, images: int, seconds: float) -> dict:
     """results.json, confusion.png and TensorBoard scalars into ``out`` (rank 0)."""
     import tensorflow as tf
 
     result, network = metrics.scores(matrix), metrics.scores(network_matrix)
-    names, crf, scales, prefix = job.manifest["class_names"], job.crf, job.scales, job.checkpoint
-    summary = {"split": args.split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
+    names, crf, scales, prefix = job.class_names, job.crf, job.loaded.scales, job.loaded.checkpoint
+    summary = {"split": split, "checkpoint": prefix, "num_images": images, "ranks": ctx.size,
                "crf": crf is not None, "crf_workers": job.workers, "scales": list(scales),
                "window": job.cfg.inference.inference_window, "miou": result["miou"],
                "pixel_accuracy": result["pixel_accuracy"],
@@ -164,11 +170,11 @@ def _write_results(args, ctx, job, out: str, matrix, network_matrix, images: int
     confusion_png(matrix, names, os.path.join(out, "confusion.png"))
     writer = tf.summary.create_file_writer(os.path.join(out, "tb"))
     with writer.as_default(step=0):
-        tf.summary.scalar(f"{args.split}/miou", result["miou"])
-        tf.summary.scalar(f"{args.split}/pixel_accuracy", result["pixel_accuracy"])
+        tf.summary.scalar(f"{split}/miou", result["miou"])
+        tf.summary.scalar(f"{split}/pixel_accuracy", result["pixel_accuracy"])
         for n, v in zip(names, result["iou"]):
             if not np.isnan(v):
-                tf.summary.scalar(f"{args.split}/iou/{n}", v)
+                tf.summary.scalar(f"{split}/iou/{n}", v)
     writer.flush()
     writer.close()
     return summary

@@ -20,9 +20,9 @@ import json
 import os
 import sys
 
-from dcsp_dist.config import parse_scales
 from dcsp_dist.core import atomic
 from dcsp_dist.core.errors import UserError
+from dcsp_dist.inference.settings import InferenceSettings
 
 
 def parse_args(argv=None):
@@ -41,15 +41,15 @@ def export(args) -> dict:
     """Write the SavedModel; returns what it holds (for the console line)."""
     import tensorflow as tf
 
-    from dcsp_dist.inference.predictor import class_names_for, load_for_inference, probability_fn_for
+    from dcsp_dist.inference.predictor import class_names_for, probability_fn_for
 
     if os.path.exists(args.out):
         raise UserError(f"--out {args.out}: already exists; give a new directory (nothing was replaced)")
     atomic.check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out's parent")
-    model, cfg, prefix = load_for_inference(args.checkpoint, args.config)
-    if args.window is not None:
-        cfg = cfg.replace(inference_window=args.window)
-    scales = parse_scales(args.scales, cfg.inference.eval_scales)
+    settings = InferenceSettings.from_args(args)
+    settings.check()
+    loaded = settings.load()
+    model, cfg, prefix, scales = loaded.model, loaded.cfg, loaded.checkpoint, loaded.scales
     names = class_names_for(prefix, cfg)
     module = tf.Module()
     module.model = model

@@ -31,7 +31,8 @@ from dcsp_dist.core import atomic
 from dcsp_dist.core.progress import progress
 from dcsp_dist.data import records
 from dcsp_dist.data.palette import color_map, palette
-from dcsp_dist.inference.jobs import ImageJob, Job, add_job_arguments, main_for
+from dcsp_dist.inference.jobs import Job, PhotoSource, RecordSource, add_job_arguments, check_output, main_for
+from dcsp_dist.inference.settings import InferenceSettings
 
 SUBMISSION_DIR = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
 MARKER = "predict.json"   # what this run predicted; --out without it is not ours to replace
@@ -95,17 +96,20 @@ def predict(args, ctx) -> int:
     ``--out``. A failed run leaves ``--out`` as it was and nothing half-written."""
     from dcsp_dist import distributed
 
+    check_output(args.out, MARKER)   # every check before any work
+    settings = InferenceSettings.from_args(args)
+    settings.check()
+    source = (PhotoSource(args.images, args.list, ctx) if args.images
+              else RecordSource(args.data, args.split, ctx, need_mask=False, verify=args.verify_data))
+    job = Job(settings, source, ctx)
+    layout = source.layout if args.layout == "auto" else args.layout
     if args.images:
-        job, args.layout = ImageJob(args, ctx, out_dir=args.out, marker=MARKER), "plain"
-    else:
-        job = Job(args, ctx, need_mask=False, out_dir=args.out, marker=MARKER)   # every check first
-    if args.layout == "auto":
-        args.layout = "voc" if job.manifest.get("source", "voc") == "voc" else "plain"
+        layout = "plain"
     staging = distributed.broadcast_object(atomic.staging_dir(args.out) if ctx.is_chief else None)
     try:
-        total, unreadable = _write_masks(args, ctx, job, staging)
+        total, unreadable = _write_masks(args, layout, ctx, job, staging)
         if ctx.is_chief:
-            _finish(args, staging, total, unreadable)
+            _finish(args, layout, staging, total, unreadable)
     except BaseException:
         if ctx.is_chief:
             atomic.discard_dir(staging)
@@ -113,18 +117,18 @@ def predict(args, ctx) -> int:
     return total
 
 
-def _masks_dir(args, out: str) -> str:
-    return os.path.join(out, SUBMISSION_DIR) if args.layout == "voc" else out
+def _masks_dir(layout: str, out: str) -> str:
+    return os.path.join(out, SUBMISSION_DIR) if layout == "voc" else out
 
 
-def _finish(args, staging: str, total: int, unreadable: list) -> None:
+def _finish(args, layout: str, staging: str, total: int, unreadable: list) -> None:
     from dcsp_dist import distributed
-    masks = _masks_dir(args, args.out)
-    written = sum(name.endswith(".png") for name in os.listdir(_masks_dir(args, staging))) if total else 0
+    masks = _masks_dir(layout, args.out)
+    written = sum(name.endswith(".png") for name in os.listdir(_masks_dir(layout, staging))) if total else 0
     if written != total:
         raise OSError(f"{staging}: {written} masks on disk, the ranks wrote {total} (is --out on storage every "
                       f"rank shares?)")
-    tar = args.layout == "voc" and not args.no_tar
+    tar = layout == "voc" and not args.no_tar
     if tar:
         archive = os.path.join(staging, "results.tar.gz")
         partial = atomic.temp_name(archive)
@@ -133,7 +137,7 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
         atomic.publish(partial, archive)
     what = {"images": args.images} if args.images else {"split": args.split}
     atomic.write_json(os.path.join(staging, MARKER), {**what, "checkpoint": args.checkpoint, "num_images": total,
-                                                        "layout": args.layout, "unreadable": unreadable})
+                                                        "layout": layout, "unreadable": unreadable})
     atomic.publish_dir(staging, args.out)
     tar_note = f" and {os.path.join(args.out, 'results.tar.gz')}" if tar else ""
     for line in unreadable:
@@ -142,11 +146,11 @@ def _finish(args, staging: str, total: int, unreadable: list) -> None:
                     f"{f'; {len(unreadable)} unreadable image(s) named above' if unreadable else ''}")
 
 
-def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
+def _write_masks(args, layout: str, ctx, job, out: str) -> tuple[int, list]:
     """This rank's masks (and overlays) under ``out``; returns the count over all ranks and
     every rank's unreadable images."""
     from dcsp_dist import distributed
-    masks_dir = _masks_dir(args, out)
+    masks_dir = _masks_dir(layout, out)
     overlay_dir = os.path.join(out, "overlays")
     os.makedirs(masks_dir, exist_ok=True)
     if args.overlays:
@@ -166,7 +170,7 @@ def _write_masks(args, ctx, job, out: str) -> tuple[int, list]:
         bar.update(1)
     bar.close()
     total = job.count_and_agree(count)   # also waits for every rank
-    return total, [line for lines in distributed.allgather_object(job.unreadable) for line in lines]
+    return total, [line for lines in distributed.allgather_object(job.source.unreadable) for line in lines]
 
 
 def main(argv=None) -> int:
