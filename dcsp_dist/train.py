@@ -64,11 +64,13 @@ class StepLoop:
     """The shared loop of fixed and elastic jobs: ``loop(first, iterator, ctx, on_step)``
     runs steps ``first``..``steps`` with reporting and periodic checkpoints."""
 
-    def __init__(self, stage: str, cfg, trainer, ckpts, reporter, inputs: TrainInputs, cue_dir: str | None,
-                 workdir: str):
-        self.stage, self.cfg, self.trainer, self.ckpts, self.reporter, self.inputs, self.cue_dir = \
-            stage, cfg, trainer, ckpts, reporter, inputs, cue_dir
-        self.workdir = workdir
+    def __init__(self, stage: str, cfg, workdir: str, inputs: TrainInputs, trainer, ckpts):
+        self.stage, self.cfg, self.workdir, self.inputs, self.trainer, self.ckpts = \
+            stage, cfg, workdir, inputs, trainer, ckpts
+        spec = stage_table.get(stage)
+        self.cue_dir = layout.stage_dir(workdir, spec.cues) if spec.cues else None
+        self.reporter = Reporter(stage, cfg, layout.stage_dir(workdir, stage), trainer.steps, trainer.schedule,
+                                 trainer.model, trainer.lr_scale)
         self.recovery = Recovery(trainer, cfg.run)
         self.diagnostics = Diagnostics(trainer, cfg, layout.diagnostics_path(workdir, stage)) \
             if cfg.run.diagnostics_every else None
@@ -210,13 +212,10 @@ def train_stage(stage: str, cfg, world, inputs: TrainInputs, workdir: str):
     if start >= trainer.steps:
         distributed.log(f"[{stage}] already at step {start}/{trainer.steps}")
 
-    reporter = Reporter(stage, cfg, directory, trainer.steps, trainer.schedule, trainer.model, trainer.lr_scale)
-    loop = StepLoop(stage, cfg, trainer, ckpts, reporter, inputs, cue_dir, workdir)
-    world.train(start, batches, loop, StageRun(
-        stage=stage, steps=trainer.steps, model=trainer.model, optimizer=trainer.optimizer,
-        heartbeat_dir=layout.heartbeat_dir(directory), stall_timeout=cfg.run.stall_timeout,
-        commit_every=cfg.run.elastic_commit_every, per_rank_batch=cfg.per_rank_batch,
-        extra_state=(trainer.lr_scale,)))
+    loop = StepLoop(stage, cfg, workdir, inputs, trainer, ckpts)
+    world.train(start, batches, loop, StageRun(stage=stage, directory=directory, steps=trainer.steps,
+                                               model=trainer.model, optimizer=trainer.optimizer,
+                                               extra_state=(trainer.lr_scale,)))
     _finish(loop, world.context, start)
     return trainer
 
@@ -314,7 +313,7 @@ def run(stage: str, cfg, ctx, data_dir: str, workdir: str, verify_data: bool = F
         allow_changed_config: bool = False) -> None:
     from dcsp_dist.training import world as worlds
 
-    world = worlds.for_job(ctx)
+    world = worlds.for_job(ctx, cfg)
     stages = stage_table.SCHEDULE if stage == "all" else (stage,)
     world.check_stages(stages)
     atomic.check_writable_dir(workdir, "--workdir")

@@ -197,5 +197,5 @@ def test_the_lock_is_released_when_recording_changed_settings_fails(tmp_path):
     (tmp_path / "attention" / "config.json").write_text(cfg.replace(attention_steps=99).to_json())
     (tmp_path / "config_changes.json").mkdir()                 # writing it fails with an OSError
     with pytest.raises(OSError, match="config_changes.json"):
-        FixedWorld(ctx).hold_run(str(tmp_path), cfg.flat(), allow_changed=True)
+        FixedWorld(ctx, stall_timeout=cfg.run.stall_timeout).hold_run(str(tmp_path), cfg.flat(), allow_changed=True)
     assert not (tmp_path / ".lock").exists()

@@ -19,8 +19,10 @@ from dcsp_dist.rundir.settings import check_config_unchanged
 class ElasticWorld:
     """The same interface as ``world.FixedWorld``, for an elastic job."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, commit_every: int, per_rank_batch):
         self._ctx = ctx
+        self.commit_every = commit_every         # steps between commits of the elastic state
+        self.per_rank_batch = per_rank_batch     # images per rank for a world size
 
     @property
     def context(self):
@@ -69,7 +71,7 @@ class ElasticWorld:
 
         def on_step(done):
             state.step = done
-            if done % run.commit_every == 0 or done == run.steps:
+            if done % self.commit_every == 0 or done == run.steps:
                 state.commit()
 
         @distributed.run_elastic
@@ -78,7 +80,7 @@ class ElasticWorld:
             iterator = inputs(state.step, c)   # ValueError (one line, every rank) if the batch does not divide
             if calls:
                 distributed.log(f"[{run.stage}] elastic: {c.size} rank(s) from step {state.step}, "
-                                f"{run.per_rank_batch(c.size)} image(s) per rank")
+                                f"{self.per_rank_batch(c.size)} image(s) per rank")
             calls.append(state.step)
             run_steps(state.step, iterator, c, on_step)
 

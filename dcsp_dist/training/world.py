@@ -19,6 +19,7 @@ import typing
 from dcsp_dist import distributed
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.data import records
+from dcsp_dist.rundir import layout
 from dcsp_dist.rundir.lock import RunLock
 from dcsp_dist.rundir.settings import check_config_unchanged
 from dcsp_dist.training import watchdog
@@ -26,16 +27,14 @@ from dcsp_dist.training import watchdog
 
 @dataclasses.dataclass(frozen=True)
 class StageRun:
-    """What a world needs to run a stage's steps: handed to ``train``, each world reads its part."""
+    """One stage's steps, as every world runs them (how a world runs them is set when it is made:
+    ``for_job``)."""
     stage: str
+    directory: str                # the stage directory
     steps: int
     model: typing.Any
     optimizer: typing.Any
-    heartbeat_dir: str            # fixed: the stall watchdog's heartbeats
-    stall_timeout: float          # fixed: seconds without a step before a stalled rank ends the job
-    commit_every: int             # elastic: steps between commits
-    per_rank_batch: typing.Callable[[int], int]   # elastic: images per rank for a world size
-    extra_state: tuple = ()       # both: variables beside model and optimizer that every rank holds alike
+    extra_state: tuple = ()       # variables beside model and optimizer that every rank holds alike
 
 
 # The kinds of error ``FixedWorld.agree`` carries from rank 0 to every rank, by name (anything
@@ -46,8 +45,9 @@ _AGREED_ERRORS = {"UserError": UserError, "OSError": OSError}
 class FixedWorld:
     """A job whose ranks stay the same from start to end."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, stall_timeout: float):
         self._ctx = ctx
+        self.stall_timeout = stall_timeout   # seconds without a step before a stalled rank ends the job
 
     @property
     def context(self):
@@ -125,13 +125,14 @@ class FixedWorld:
         """Steps ``start``..``run.steps``: ``run_steps(first, iterator, ctx, on_step, beat)``,
         watched for a stalled rank (dcsp_dist.training.watchdog)."""
         iterator = inputs(start, self._ctx)
-        with watchdog.watching(run.heartbeat_dir, self._ctx, run.stall_timeout) as beat:
+        with watchdog.watching(layout.heartbeat_dir(run.directory), self._ctx, self.stall_timeout) as beat:
             run_steps(start, iterator, self._ctx, None, beat)
 
 
-def for_job(ctx):
-    """The world this process was launched into (``horovodrun --min-np/--max-np ...``: elastic)."""
+def for_job(ctx, cfg):
+    """The world this process was launched into (``horovodrun --min-np/--max-np ...``: elastic),
+    configured once for every stage of the job from the settings' run section."""
     if distributed.elastic_enabled():
         from dcsp_dist.training.elastic import ElasticWorld
-        return ElasticWorld(ctx)
-    return FixedWorld(ctx)
+        return ElasticWorld(ctx, commit_every=cfg.run.elastic_commit_every, per_rank_batch=cfg.per_rank_batch)
+    return FixedWorld(ctx, stall_timeout=cfg.run.stall_timeout)
