@@ -72,7 +72,7 @@ class StepLoop:
         self.reporter = Reporter(stage, cfg, layout.stage_dir(workdir, stage), trainer.steps, trainer.schedule,
                                  trainer.model, trainer.lr_scale)
         self.recovery = Recovery(trainer, cfg.run)
-        self.diagnostics = Diagnostics(trainer, cfg, layout.diagnostics_path(workdir, stage)) \
+        self.diagnostics = Diagnostics(trainer, cfg, layout.diagnostics_path(workdir, stage), self.reporter.writer) \
             if cfg.run.diagnostics_every else None
 
     def __call__(self, first: int, iterator, ctx, on_step=None, beat=None) -> None:
@@ -151,7 +151,7 @@ class StepLoop:
             event = recovery.roll_back(done, loss, why)
             line = event.line(self.stage, len(recovery.events), recovery.limit)
             distributed.log(line)
-            self.reporter.recovery(done, line, event.lr_scale, len(recovery.events))
+            self.reporter.recovery(done, line, event.lr_scale, len(recovery.events), distributed.context().is_chief)
             return
         kept = "none (recovery is off: run.recovery_max=0)"
         if recovery.good_step is not None:

@@ -110,10 +110,9 @@ class Reporter:
         scale = 1.0 if self.lr_scale is None else float(self.lr_scale.numpy())
         return float(self.schedule(done - 1)) * scale
 
-    def recovery(self, done: int, line: str, lr_scale: float, count: int) -> None:
+    def recovery(self, done: int, line: str, lr_scale: float, count: int, is_chief: bool) -> None:
         """A roll-back from a spike (``dcsp_dist.training.recovery``) in TensorBoard (rank 0)."""
-        from dcsp_dist.distributed import context
-        if not context().is_chief:
+        if not is_chief:
             return
         import tensorflow as tf
         with self.writer().as_default(step=done):
@@ -140,9 +139,10 @@ class Diagnostics:
 
     GROUPS = ("backbone", "aspp", "attention")
 
-    def __init__(self, trainer, cfg, path: str):
+    def __init__(self, trainer, cfg, path: str, writer):
         from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME
         self.trainer, self.cfg, self.path = trainer, cfg, path
+        self._writer = writer     # the stage's TensorBoard writer (``Reporter.writer``)
         self.every = cfg.run.diagnostics_every
 
         def group(v) -> str:
@@ -184,10 +184,3 @@ class Diagnostics:
                     out[f"{kind}_norm/{name}"] = round(float(np.sqrt(value)), 6)
                     tf.summary.scalar(f"{kind}_norm/{name}", out[f"{kind}_norm/{name}"])
         return out
-
-    def _writer(self):
-        if not hasattr(self, "_tb"):
-
-            import tensorflow as tf
-            self._tb = tf.summary.create_file_writer(os.path.join(os.path.dirname(self.path), "tb"))
-        return self._tb
