@@ -31,6 +31,7 @@ def main():
     from PIL import Image
 
     from data_tools import build, synth
+    from data_tools.sources import VocSource
     from dcsp_dist import config
     from dcsp_dist.data import pipeline
 
@@ -44,7 +45,7 @@ def main():
     for i in ids:  # the original's saliency format: Saliency/<id>.npz, key actv
         sal = np.asarray(Image.open(os.path.join(root, "Saliency", i + ".png")), np.float32) / 255
         np.savez(os.path.join(root, "Saliency", i + ".npz"), actv=sal)
-    build.build(root, ids, "train", os.path.join(work, "rec"), num_shards=8, progress=False)
+    build.build(VocSource(root, ids), "train", os.path.join(work, "rec"), num_shards=8, progress=False)
     cfg = config.make_config("voc_paper")  # 321 crop, scale [0.5, 1.5), flip
     batch = 10
     total = args.images * args.epochs

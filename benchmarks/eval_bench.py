@@ -28,9 +28,10 @@ def make_records(work, n):
     """n synthetic images at 500x375, as TFRecords (8 shards)."""
     from benchmarks.common import synth_voc_sized
     from data_tools import build
+    from data_tools.sources import VocSource
     root = os.path.join(work, "voc")
     ids = synth_voc_sized(root, n, "val", seed=4)
-    build.build(root, ids, "val", os.path.join(work, "rec"), num_shards=8, progress=False)
+    build.build(VocSource(root, ids), "val", os.path.join(work, "rec"), num_shards=8, progress=False)
     return os.path.join(work, "rec"), root, ids
 
 

@@ -32,9 +32,10 @@ def main():
     parser.add_argument("--full-steps", type=int, default=3)
     args = parser.parse_args()
     from data_tools import build, synth
+    from data_tools.sources import VocSource
     work = tempfile.mkdtemp(prefix="dcsp_scaling_")
     ids = synth.generate(os.path.join(work, "voc"), 64, 0, seed=2)["train"]
-    build.build(os.path.join(work, "voc"), ids, "train", os.path.join(work, "rec"), num_shards=8, progress=False)
+    build.build(VocSource(os.path.join(work, "voc"), ids), "train", os.path.join(work, "rec"), num_shards=8, progress=False)
     data = os.path.join(work, "rec")
     rows = []
     for name, preset, batch, crop, steps, warmup in (

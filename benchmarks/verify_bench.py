@@ -24,11 +24,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from benchmarks.common import synth_voc_sized
     from data_tools import build
+    from data_tools.sources import VocSource
     from dcsp_dist.data import records
     with tempfile.TemporaryDirectory() as work:
         ids = synth_voc_sized(os.path.join(work, "voc"), args.images, "train", seed=5)
         out = os.path.join(work, "rec")
-        build.build(os.path.join(work, "voc"), ids, "train", out, num_shards=8, progress=False)
+        build.build(VocSource(os.path.join(work, "voc"), ids), "train", out, num_shards=8, progress=False)
         manifest = records.read_manifest(out, "train")
         files = records.shard_files(out, manifest)
         size = sum(os.path.getsize(f) for f in files)

@@ -28,7 +28,7 @@ import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from data_tools.sources import ROLES, SOURCES, Source, SourceError, VocSource, role_for_split
+from data_tools.sources import ROLES, SOURCES, Source, SourceError, role_for_split
 from dcsp_dist.core.atomic import check_writable_dir, publish, temp_name
 from dcsp_dist.core.console import say
 from dcsp_dist.core.progress import progress as progress_of
@@ -258,13 +258,10 @@ def _earlier_shards(out: str, split: str) -> set:
     return {n for n in names if isinstance(n, str) and pattern.fullmatch(n)}
 
 
-def build(root: str, ids: list[str], split: str, out: str, role: str | None = None,
-          num_shards: int | None = None, skip_bad: bool = False, workers: int | None = None,
-          progress: bool = True, source: Source | None = None) -> dict:
-    """Build one split: plan, write the shards, publish; returns the manifest. Raises
-    BuildError listing every bad item. The source is VOC layout under ``root`` with ``ids``
-    unless ``source`` is given (then its ids and keys are used)."""
-    source = source or VocSource(root, ids)
+def build(source: Source, split: str, out: str, *, role: str | None = None, num_shards: int | None = None,
+          skip_bad: bool = False, workers: int | None = None, progress: bool = True) -> dict:
+    """Build one split of ``source`` (e.g. ``VocSource(root, ids)``) into ``out``: plan, write
+    the shards, publish; returns the manifest. Raises BuildError listing every bad item."""
     the_plan = plan(source.ids, split, role, num_shards, source.keys, source.origin or "the id list")
     check_writable_dir(out, "--out")
     created = not os.path.isdir(out)
@@ -313,28 +310,28 @@ def main(argv=None) -> int:
             raise SourceError(f"--saliency-dir {args.saliency_dir}: no such directory")
         source = kind.from_args(args)
     except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 2
     split = args.split or source.default_split
     try:
-        manifest = build(source.root, source.ids, split, args.out, args.role, args.num_shards, args.skip_bad,
-                         args.workers, progress=not args.quiet, source=source)
+        manifest = build(source, split, args.out, role=args.role, num_shards=args.num_shards,
+                         skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
     except BuildError as exc:
         for line in exc.problems:
-            print(f"bad: {line}", file=sys.stderr)
-        print(f"error: {len(exc.problems)} problem(s) in split {split}; nothing written "
-              f"(use --skip-bad to write the good items)", file=sys.stderr)
+            say(f"bad: {line}", err=True)
+        say(f"error: {len(exc.problems)} problem(s) in split {split}; nothing written "
+              f"(use --skip-bad to write the good items)", err=True)
         return 1
     except ValueError as exc:   # an --out that cannot be written
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 2
     except PartialPublish as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 1
     except OSError as exc:      # e.g. a full disk while writing: the earlier records stay as they were
-        print(f"error: writing split {split} to {args.out} failed: {exc}; nothing was replaced", file=sys.stderr)
+        say(f"error: writing split {split} to {args.out} failed: {exc}; nothing was replaced", err=True)
         return 1
-    print(f"wrote {manifest['num_examples']} examples of split {split} in {manifest['num_shards']} shards "
+    say(f"wrote {manifest['num_examples']} examples of split {split} in {manifest['num_shards']} shards "
           f"to {args.out} (saliency: {manifest['has_saliency']}, masks: {manifest['has_mask']}, "
           f"skipped: {manifest['skipped']})")
     return 0

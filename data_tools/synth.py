@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data_tools.sources.voc import CLASS_NAMES
+from dcsp_dist.core.console import say
 from dcsp_dist.data.palette import palette
 
 # class id -> (shape, base RGB colour, texture)
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
         parser.error(f"--object-scale {args.object_scale}: expected a value in [0.1, 2.5]")
     splits = generate(args.out, args.num_train, args.num_val, args.seed, args.workers, size, args.object_scale,
                       args.style)
-    print(f"wrote {len(splits['train'])} train and {len(splits['val'])} val images to {args.out}")
+    say(f"wrote {len(splits['train'])} train and {len(splits['val'])} val images to {args.out}")
     return 0
 
 

@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from dcsp_dist.core.console import say
+
 
 def verify_split(directory: str, split: str) -> tuple[int, list[str]]:
     """(examples checked, problems) for one split."""
@@ -98,20 +100,20 @@ def main(argv=None) -> int:
     parser.add_argument("--split", action="append", help="split(s) to check (default: every manifest)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.directory):
-        print(f"error: {args.directory}: no such directory", file=sys.stderr)
+        say(f"error: {args.directory}: no such directory", err=True)
         return 2
     splits = args.split or sorted(f[: -len(".manifest.json")] for f in os.listdir(args.directory)
                                   if f.endswith(".manifest.json"))
     if not splits:
-        print(f"error: {args.directory}: no <split>.manifest.json found", file=sys.stderr)
+        say(f"error: {args.directory}: no <split>.manifest.json found", err=True)
         return 1
     failed = False
     for split in splits:
         count, problems = verify_split(args.directory, split)
         for p in problems:
-            print(f"problem: {p}", file=sys.stderr)
+            say(f"problem: {p}", err=True)
         status = "OK" if not problems else f"{len(problems)} problem(s)"
-        print(f"{split}: {count} examples checked, {status}")
+        say(f"{split}: {count} examples checked, {status}")
         failed |= bool(problems)
     return 1 if failed else 0
 

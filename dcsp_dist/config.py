@@ -27,6 +27,7 @@ from typing import Any
 
 from dcsp_dist import configs
 from dcsp_dist.core import stages
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.core.preemption import DEFAULT_SIGNALS, parse_signals
 
@@ -495,9 +496,9 @@ def main(argv=None) -> int:
     """``python -m dcsp_dist.config [PRESET]``: every setting, by section, with the preset's value."""
     cfg = preset((argv if argv is not None else sys.argv[1:] or ["voc_paper"])[0])
     for section in SECTIONS:
-        print(f"[{section}]")
+        say(f"[{section}]")
         for f in dataclasses.fields(SECTIONS[section]):
-            print(f"  {section}.{f.name} = {getattr(getattr(cfg, section), f.name)!r}"
+            say(f"  {section}.{f.name} = {getattr(getattr(cfg, section), f.name)!r}"
                   f"   (flat: {SECTIONS[section].PREFIX}{f.name})")
     return 0
 

@@ -21,6 +21,7 @@ import os
 import sys
 
 from dcsp_dist.core import atomic
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.inference.settings import InferenceSettings
 
@@ -88,9 +89,9 @@ def main(argv=None) -> int:
     try:
         info = export(args)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 1
-    print(f"exported {info['checkpoint']} ({len(info['class_names'])} classes, scales {info['scales']}, "
+    say(f"exported {info['checkpoint']} ({len(info['class_names'])} classes, scales {info['scales']}, "
           f"window {info['inference_window']}) to {args.out}: {info['bytes'] / 1e6:.1f} MB")
     return 0
 

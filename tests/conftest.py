@@ -24,10 +24,10 @@ def synth_records(synth_voc, tmp_path_factory):
     from data_tools import build, sources
     out = tmp_path_factory.mktemp("records")
     lists = synth_voc / "ImageSets" / "Segmentation"
-    build.build(str(synth_voc), sources.read_id_list(str(lists / "train.txt")), "train", str(out),
-                num_shards=4, workers=2, progress=False)
-    build.build(str(synth_voc), sources.read_id_list(str(lists / "val.txt")), "val", str(out),
-                num_shards=7, workers=2, progress=False)
+    for split, shards in (("train", 4), ("val", 7)):
+        ids = sources.read_id_list(str(lists / f"{split}.txt"))
+        build.build(sources.VocSource(str(synth_voc), ids), split, str(out), num_shards=shards, workers=2,
+                    progress=False)
     return out
 
 

@@ -131,7 +131,7 @@ def test_a_rebuild_removes_only_its_own_shards(synth_voc, tmp_path):
     from data_tools import build, sources
     ids = sources.read_id_list(str(synth_voc / "ImageSets" / "Segmentation" / "val.txt"))
     out = tmp_path / "records"
-    build.build(str(synth_voc), ids, "val", str(out), num_shards=3, workers=1, progress=False)
+    build.build(sources.VocSource(str(synth_voc), ids), "val", str(out), num_shards=3, workers=1, progress=False)
     victims = [tmp_path / "victim", tmp_path / "abs_victim"]
     for v in victims:
         v.write_text("keep me")
@@ -139,7 +139,7 @@ def test_a_rebuild_removes_only_its_own_shards(synth_voc, tmp_path):
     manifest = json.load(open(out / "val.manifest.json"))
     manifest["shards"] += [{"file": "../victim"}, {"file": str(victims[1])}, {"file": "notes.tfrecord"}]
     (out / "val.manifest.json").write_text(json.dumps(manifest))
-    build.build(str(synth_voc), ids, "val", str(out), num_shards=2, workers=1, progress=False)
+    build.build(sources.VocSource(str(synth_voc), ids), "val", str(out), num_shards=2, workers=1, progress=False)
     assert all(v.read_text() == "keep me" for v in victims) and (out / "notes.tfrecord").exists()
     assert sorted(f for f in os.listdir(out) if f.startswith("val-")) == ["val-00000-of-00002.tfrecord",
                                                                         "val-00001-of-00002.tfrecord"]

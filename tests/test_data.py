@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_tools import build, sources, verify
+from data_tools.sources import VocSource
 from dcsp_dist import config
 from dcsp_dist.data import pipeline, records
 from dcsp_dist.models import inputs
@@ -54,7 +55,7 @@ def test_saliency_npz_is_read_within_one_level(tmp_path, synth_voc):
     actv = np.asarray(Image.open(png)).astype(np.float32) / 255.0
     png.unlink()
     np.savez(root / "Saliency" / f"{image_id}.npz", actv=actv)
-    build.build(str(root), [image_id], "train", str(tmp_path / "out"), progress=False, workers=1)
+    build.build(VocSource(str(root), [image_id]), "train", str(tmp_path / "out"), progress=False, workers=1)
     ex = _all_records(tmp_path / "out", "train")[0]
     assert np.abs(ex["saliency"].numpy() / 255.0 - actv).max() <= 1 / 255 + 1e-6
 
@@ -149,7 +150,7 @@ def test_real_voc_image_builds_and_verifies(tmp_path, voc_sample):
     (root / "SegmentationClass").mkdir()
     shutil.copy(jpg, root / "JPEGImages")
     shutil.copy(png, root / "SegmentationClass")
-    manifest = build.build(str(root), ["2007_000129"], "val", str(tmp_path / "out"), progress=False, workers=1)
+    manifest = build.build(VocSource(str(root), ["2007_000129"]), "val", str(tmp_path / "out"), progress=False, workers=1)
     assert manifest["has_mask"] and not manifest["has_saliency"] and manifest["role"] == "eval"
     assert verify.main([str(tmp_path / "out")]) == 0
     ex = _all_records(tmp_path / "out", "val")[0]
@@ -160,7 +161,7 @@ def test_real_voc_image_builds_and_verifies(tmp_path, voc_sample):
 @pytest.mark.parametrize("num_shards,num_ranks", [(2, 2), (3, 3), (4, 3)])
 def test_every_example_read_once_per_epoch(tmp_path, synth_voc, num_shards, num_ranks):
     out = tmp_path / "rec"
-    build.build(str(synth_voc), _ids(synth_voc, "train"), "train", str(out), num_shards=num_shards,
+    build.build(VocSource(str(synth_voc), _ids(synth_voc, "train")), "train", str(out), num_shards=num_shards,
                 workers=1, progress=False)
     seen = []
     for rank in range(num_ranks):

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError
 
 EPS = np.finfo(np.float64).eps
@@ -142,11 +143,11 @@ def main(argv=None) -> int:
     try:
         result = evaluate(args.saliency, args.masks)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 2
-    print(f"{'image':24s} {'IoU@0.5':>8s} {'max F':>8s} {'MAE':>8s} {'S':>8s}")
+    say(f"{'image':24s} {'IoU@0.5':>8s} {'max F':>8s} {'MAE':>8s} {'S':>8s}")
     for stem, row in result.items():
-        print(f"{stem:24s} {row['iou']:8.3f} {row['max_f']:8.3f} {row['mae']:8.3f} {row['s_measure']:8.3f}")
+        say(f"{stem:24s} {row['iou']:8.3f} {row['max_f']:8.3f} {row['mae']:8.3f} {row['s_measure']:8.3f}")
     if args.json:
         from dcsp_dist.core.atomic import write_json
         write_json(args.json, result)

@@ -43,6 +43,7 @@ import sys
 import tarfile
 import tempfile
 
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError, first_line
 
 IMGLY_PACKAGE = "@imgly/background-removal-data"
@@ -202,7 +203,6 @@ def fetch(model: Model | str, cache: str | None = None, progress: bool = True) -
         failures = []
         for source in model.sources:
             if progress and not sys.stderr.isatty():
-                from dcsp_dist.core.console import say
                 say(f"fetching model {model.name} ({model.size / 1e6:.1f} MB) from {source.describe()}"
                     if model.size else f"fetching model {model.name} from {source.describe()}", err=True)
             try:
@@ -369,26 +369,26 @@ def main(argv=None) -> int:
         p.add_argument("name", choices=sorted(REGISTRY))
     args = parser.parse_args(argv)
     if args.command == "list":
-        print(f"cache: {cache_dir()}")
+        say(f"cache: {cache_dir()}")
         for m in REGISTRY.values():
             size = f"{m.size / 1e6:.1f} MB" if m.size else "size not recorded"
             state = "cached" if cached(m) else "not cached"
-            print(f"{m.name:11s} {size:>18s}  preset {m.preset:7s} {state}\n    {m.about}\n    licence: {m.licence}\n"
+            say(f"{m.name:11s} {size:>18s}  preset {m.preset:7s} {state}\n    {m.about}\n    licence: {m.licence}\n"
                   f"    sources: {'; '.join(s.describe() for s in m.sources)}")
         return 0
     model = get(args.name)
     if args.command == "path":
         found = cached(model)
         if not found:
-            print(f"error: {model.name} is not cached in {cache_dir()} (python -m data_tools.saliency.fetch fetch "
-                  f"{model.name})", file=sys.stderr)
+            say(f"error: {model.name} is not cached in {cache_dir()} (python -m data_tools.saliency.fetch fetch "
+                  f"{model.name})", err=True)
             return 1
-        print(found)
+        say(found)
         return 0
     try:
-        print(fetch(model))
+        say(fetch(model))
     except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 1
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError
 
 
@@ -59,13 +60,13 @@ def main(argv=None) -> int:
     """Print the stage names in schedule order (``--training`` / ``--cues``: one kind only)."""
     argv = sys.argv[1:] if argv is None else argv
     if "--training" in argv:
-        print(" ".join(TRAINING_STAGES))
+        say(" ".join(TRAINING_STAGES))
     elif "--cues" in argv:
-        print(" ".join(s.name for s in SCHEDULE_TABLE if not s.trains))
+        say(" ".join(s.name for s in SCHEDULE_TABLE if not s.trains))
     elif "--segmentation" in argv:   # training stages that train on cues: their model segments
-        print(" ".join(s.name for s in SCHEDULE_TABLE if s.trains and s.cues))
+        say(" ".join(s.name for s in SCHEDULE_TABLE if s.trains and s.cues))
     else:
-        print(" ".join(SCHEDULE))
+        say(" ".join(SCHEDULE))
     return 0
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import zipfile
 
 import keras
 import numpy as np
 
 from dcsp_dist.core.atomic import publish, temp_name
+from dcsp_dist.core.console import say
 from dcsp_dist.core.errors import UserError
 from dcsp_dist.models.deeplab import ASPP_NAMES, ATTENTION_NAME, backbone, head_layers
 
@@ -274,15 +274,14 @@ def main(argv=None) -> int:
     convert.add_argument("target")
     args = parser.parse_args(argv)
     if not args.trust_pickle:
-        print(f"error: {args.source}: unpickling can run code from the file; pass --trust-pickle if you trust it",
-              file=sys.stderr)
+        say(f"error: {args.source}: unpickling can run code from the file; pass --trust-pickle if you trust it", err=True)
         return 2
     try:
         count = convert_pickled(args.source, args.target)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 1
-    print(f"wrote {args.target} ({count} layers); use it as init_weights: it loads without pickle")
+    say(f"wrote {args.target} ({count} layers); use it as init_weights: it loads without pickle")
     return 0
 
 

@@ -211,11 +211,11 @@ def test_cues_follow_their_records_and_not_bookkeeping(tiny_run, synth_voc, synt
         shutil.copytree(workdir / stage, copy / stage)
     lists = synth_voc / "ImageSets" / "Segmentation"
     assert maps.main(["--root", str(synth_voc), "--split-list", str(lists / "train.txt"), "--out-dir",
-                          str(tmp_path / "sal"), "--detector", "frequency-tuned", "--workers", "1"]) == 0
+                      str(tmp_path / "sal"), "--detector", "frequency-tuned", "--workers", "1"]) == 0
     data = tmp_path / "records"
-    build.build(str(synth_voc), sources.read_id_list(str(lists / "train.txt")), "train", str(data), num_shards=4,
-                workers=1, progress=False, source=sources.VocSource(str(synth_voc), sources.read_id_list(
-                    str(lists / "train.txt")), saliency_dir=str(tmp_path / "sal")))
+    ids = sources.read_id_list(str(lists / "train.txt"))
+    build.build(sources.VocSource(str(synth_voc), ids, saliency_dir=str(tmp_path / "sal")), "train", str(data),
+                num_shards=4, workers=1, progress=False)
     shutil.copy(synth_records / "val.manifest.json", data)
     for f in synth_records.glob("val-*.tfrecord"):
         shutil.copy(f, data)
