@@ -8,8 +8,10 @@ renamed when complete; the cues' mIoU is reported when the split has masks.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+import typing
 
 import numpy as np
 
@@ -127,13 +129,14 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
     stamps = {os.path.join(data_dir, s["file"]): f"{made_by}/{s['sha256'][:16]}" for s in manifest["shards"]}
     bar = progress(sum(counts[p] for p in mine), f"[{stage}] rank 0", enabled=ctx.is_chief)
     matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
+    writer = _ShardWriter(stage, cfg, data_dir, manifest, cue_of, bar)
     written, stopped = [], False
     for path in mine:
         target = layout.cue_shard_path(directory, path)
         record = _finished(target, counts[path], stamps[path])
         if record is None:
             try:
-                record = _write_one(stage, cfg, data_dir, manifest, path, target, cue_of, bar, stamps[path])
+                record = writer.write(path, target, stamps[path])
             except _Stopped:
                 stopped = True
                 break
@@ -154,30 +157,42 @@ def cue_stage(stage: str, cfg, ctx, data_dir: str, workdir: str) -> dict:
                      seconds=time.time() - start)
 
 
-def _write_one(stage: str, cfg, data_dir: str, manifest: dict, path: str, target: str, cue_of, bar,
-               made_by: str) -> dict:
-    """One cue shard and its sidecar record (with its confusion matrix when there are masks)."""
-    import tensorflow as tf
+@dataclasses.dataclass(frozen=True)
+class _ShardWriter:
+    """What every cue shard of a stage is written with."""
+    stage: str
+    cfg: typing.Any
+    data_dir: str
+    manifest: dict
+    cue_of: typing.Callable      # image example -> cue map (``make_cue_fn``)
+    bar: typing.Any              # the rank's progress
 
-    from dcsp_dist.data import pipeline
-    shard_matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
+    def write(self, path: str, target: str, made_by: str) -> dict:
+        """The cue shard of image shard ``path`` at ``target``, and its sidecar record (with its
+        confusion matrix when there are masks)."""
+        import tensorflow as tf
 
-    def on_label(ex, label):
-        if manifest.get("has_mask"):
-            shard_matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(), cfg.model.num_classes)
-        bar.update(1)
+        from dcsp_dist.data import pipeline
+        cfg, manifest = self.cfg, self.manifest
+        shard_matrix = np.zeros((cfg.model.num_classes, cfg.model.num_classes), np.int64)
 
-    examples = pipeline.make_inference_dataset(data_dir, cfg.run.train_split, files=[path],
-                                           need_saliency=stages.get(stage).needs_saliency)
-    try:
-        record = write_shard(path, target, examples, cue_of, on_label)
-    except tf.errors.DataLossError as exc:
-        raise records.DataError(records.damaged_shard_message(data_dir, manifest, [path], exc)) from None
-    except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
-        raise records.DataError(f"writing {target} failed: {first_line(exc)}") from None
-    record.update(made_by=made_by, confusion=shard_matrix.tolist())
-    atomic.write_json(target + ".json", record)
-    return record
+        def on_label(ex, label):
+            if manifest.get("has_mask"):
+                shard_matrix[...] += metrics.confusion_matrix(ex["mask"].numpy(), label.numpy(),
+                                                              cfg.model.num_classes)
+            self.bar.update(1)
+
+        examples = pipeline.make_inference_dataset(self.data_dir, cfg.run.train_split, files=[path],
+                                                   need_saliency=stages.get(self.stage).needs_saliency)
+        try:
+            record = write_shard(path, target, examples, self.cue_of, on_label)
+        except tf.errors.DataLossError as exc:
+            raise records.DataError(records.damaged_shard_message(self.data_dir, manifest, [path], exc)) from None
+        except (OSError, tf.errors.OpError) as exc:   # e.g. a full disk
+            raise records.DataError(f"writing {target} failed: {first_line(exc)}") from None
+        record.update(made_by=made_by, confusion=shard_matrix.tolist())
+        atomic.write_json(target + ".json", record)
+        return record
 
 
 def summarise(stage: str, cfg, ctx, manifest: dict, matrix, workdir: str, shards: list,
