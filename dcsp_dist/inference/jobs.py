@@ -62,10 +62,9 @@ class RecordSource:
         from dcsp_dist import distributed
         from dcsp_dist.data import pipeline
         self.data_dir, self.split = data_dir, split
-        self.what = f"{data_dir} split {split}"
         self.manifest = records.read_manifest(data_dir, split)
         self.files = records.files_for_rank(records.shard_files(data_dir, self.manifest), ctx.rank, ctx.size,
-                                            what=self.what)
+                                            what=f"{data_dir} split {split}")
         distributed.check_on_every_rank(
             lambda: records.check_shards(data_dir, self.manifest, self.files, deep=verify), records.DataError)
         # Built first (lazily, no I/O yet) so that a split without masks fails before the model loads.
@@ -94,7 +93,7 @@ class PhotoSource:
     does not decode is named (``unreadable``) and the rest are done."""
 
     def __init__(self, folder: str, list_file: str | None, ctx):
-        self.folder = self.what = folder
+        self.folder = folder
         images = list_images(folder, list_file)
         self.mine = images[ctx.rank::ctx.size]
         self.total, self.num_images = len(images), len(self.mine)
